@@ -1,0 +1,1 @@
+"""ENAS micro search in TensorFlow 2."""

@@ -1,0 +1,98 @@
+"""Small configuration dataclasses: the entry scripts turn flags into these."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    train_dir: str = "data/train"
+    valid_dir: str = "data/valid"
+    test_dir: str = "data/test"
+    channel: int = 1  # 1 = grey, 3 = colour
+    img_size: int = 32
+    n_aug_img: int = 1  # training set becomes n_aug_img x its size (originals + n_aug_img - 1 augmented copies)
+    batch_size: int = 128
+    eval_batch_size: int = 128
+    random_crop: bool = True  # pad 4 then random crop, on the fly
+    random_flip: bool = False  # horizontal flip, on the fly (wrong for digits)
+    cutout_size: int = 0  # 0 = off
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildConfig:
+    num_classes: int = 10
+    channel: int = 1
+    img_size: int = 32
+    num_layers: int = 15
+    num_cells: int = 5
+    out_filters: int = 16
+    num_reductions: int = 2  # 2 = paper and authors; 3 = the image-folder variant
+    use_aux_heads: bool = True
+    keep_prob: float = 0.8
+    drop_path_keep_prob: float = 0.6
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """SGD with Nesterov momentum, L2, per-tensor clipping, cosine with warm restarts."""
+    lr_max: float = 0.05
+    lr_min: float = 1e-5
+    lr_T_0: int = 10
+    lr_T_mul: int = 2
+    l2_reg: float = 2e-4
+    grad_bound: float = 5.0
+    momentum: float = 0.9
+    aux_weight: float = 0.4
+
+
+@dataclasses.dataclass(frozen=True)
+class ControllerConfig:
+    lstm_size: int = 64
+    num_cells: int = 5
+    tanh_constant: Optional[float] = 1.10
+    op_tanh_reduce: float = 2.5
+    temperature: Optional[float] = None
+    entropy_weight: float = 1e-4
+    bl_dec: float = 0.99
+    lr: float = 0.0035
+    num_aggregate: int = 10
+    train_steps: int = 30
+    train_every: int = 1
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Where a run writes and how often it reports."""
+    output_dir: str = "output/child"
+    reset_output_dir: bool = False
+    num_epochs: int = 630
+    log_every: int = 50
+    eval_every_epochs: int = 1
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedTrainConfig:
+    """Everything `main_child_trainer.py` needs."""
+    arc: str
+    data: DataConfig
+    child: ChildConfig
+    optim: OptimConfig
+    run: RunConfig
+    flags_text: str = ""  # the flags as given, printed first in stdout
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Everything `main_controller_child_trainer.py` needs."""
+    data: DataConfig
+    child: ChildConfig
+    optim: OptimConfig
+    controller: ControllerConfig
+    run: RunConfig
+    flags_text: str = ""
