@@ -1,0 +1,204 @@
+"""Ops shared by the fixed child and the shared (search) child.
+
+Two kinds of pieces live here:
+  * pure functions on tensors (separable conv, pools, batch-statistics BN,
+    factorized reduction paths, drop path), used by both children, and
+  * small tf.Modules for the parts whose weights do not depend on the arc
+    (stem, calibration, 1x1 conv + BN, factorized reduction, the two heads).
+
+All tensors are NHWC. BN: decay 0.9, epsilon 1e-5; conv weights He-normal.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import tensorflow as tf
+
+BN_DECAY = 0.9
+BN_EPSILON = 1e-5
+AUX_PROJ_FILTERS = 128
+AUX_FILTERS = 768
+
+
+def he_normal(shape, fan_in: int, name: str) -> tf.Variable:
+    """A He-normal initialised weight; fan_in is the real kernel's fan-in (also for
+    the search-phase weights stacked per possible input)."""
+    std = math.sqrt(2.0 / fan_in)
+    return tf.Variable(tf.random.normal(shape, stddev=std), name=name)
+
+
+def conv_weight(kernel: int, in_c: int, out_c: int, name: str = "w") -> tf.Variable:
+    return he_normal([kernel, kernel, in_c, out_c], kernel * kernel * in_c, name)
+
+
+def batch_norm_batch_stats(x, scale, offset):
+    """BN with the statistics of this batch; returns (y, mean, variance) [C]."""
+    mean, variance = tf.nn.moments(x, axes=[0, 1, 2])
+    y = tf.nn.batch_normalization(x, mean, variance, offset, scale, BN_EPSILON)
+    return y, mean, variance
+
+
+def separable_conv(x, depthwise, pointwise, stride: int = 1):
+    """relu, then depthwise kxk [k,k,C,1] + pointwise 1x1 [1,1,C,C'] ('SAME')."""
+    return tf.nn.separable_conv2d(tf.nn.relu(x), depthwise, pointwise,
+                                  strides=[1, stride, stride, 1], padding="SAME")
+
+
+def avg_pool3x3(x, stride: int = 1):
+    return tf.nn.avg_pool2d(x, 3, stride, "SAME")
+
+
+def max_pool3x3(x, stride: int = 1):
+    return tf.nn.max_pool2d(x, 3, stride, "SAME")
+
+
+def factorized_paths(x, w_path1, w_path2):
+    """The two stride-2 1x1-conv paths of a factorized reduction, concatenated.
+
+    Path 2 is shifted by one pixel (pad right/bottom, drop first row/column) so the
+    two paths see complementary pixels. [N,H,W,C] -> [N,H/2,W/2,C1+C2].
+    """
+    path1 = tf.nn.conv2d(x[:, ::2, ::2, :], w_path1, 1, "SAME")
+    shifted = tf.pad(x, [[0, 0], [0, 1], [0, 1], [0, 0]])[:, 1:, 1:, :]
+    path2 = tf.nn.conv2d(shifted[:, ::2, ::2, :], w_path2, 1, "SAME")
+    return tf.concat([path1, path2], axis=3)
+
+
+def drop_path(x, keep_prob):
+    """Drops whole examples' paths with prob 1 - keep_prob, rescaling the kept ones."""
+    noise = tf.random.uniform([tf.shape(x)[0], 1, 1, 1], dtype=x.dtype)
+    mask = tf.floor(keep_prob + noise)  # 1 with probability keep_prob
+    return x / keep_prob * mask
+
+
+def drop_path_keep_prob(base_keep_prob: float, layer_id: int, num_layers: int, progress):
+    """Keep prob ramped in depth (layer l of L + 2) and in training progress [0, 1]."""
+    layer_ratio = (layer_id + 1) / (num_layers + 2)
+    layer_keep = 1.0 - layer_ratio * (1.0 - base_keep_prob)
+    return 1.0 - progress * (1.0 - layer_keep)
+
+
+class BatchNorm(tf.Module):
+    """BN with trainable scale/offset and moving statistics for inference."""
+
+    def __init__(self, channels: int, name: Optional[str] = None):
+        super().__init__(name=name)
+        self.scale = tf.Variable(tf.ones([channels]), name="scale")
+        self.offset = tf.Variable(tf.zeros([channels]), name="offset")
+        self.moving_mean = tf.Variable(tf.zeros([channels]), trainable=False, name="moving_mean")
+        self.moving_variance = tf.Variable(tf.ones([channels]), trainable=False, name="moving_variance")
+
+    def __call__(self, x, training: bool):
+        if not training:
+            return tf.nn.batch_normalization(x, self.moving_mean, self.moving_variance,
+                                             self.offset, self.scale, BN_EPSILON)
+        y, mean, variance = batch_norm_batch_stats(x, self.scale, self.offset)
+        self.moving_mean.assign_sub((1.0 - BN_DECAY) * (self.moving_mean - mean))
+        self.moving_variance.assign_sub((1.0 - BN_DECAY) * (self.moving_variance - variance))
+        return y
+
+
+class ConvBN(tf.Module):
+    """(relu,) kxk conv, BN: the stem (no relu) and every 1x1 projection (relu)."""
+
+    def __init__(self, in_c: int, out_c: int, kernel: int = 1, relu: bool = True,
+                 name: Optional[str] = None):
+        super().__init__(name=name)
+        self.relu = relu
+        self.w = conv_weight(kernel, in_c, out_c)
+        self.bn = BatchNorm(out_c)
+
+    def __call__(self, x, training: bool):
+        if self.relu:
+            x = tf.nn.relu(x)
+        return self.bn(tf.nn.conv2d(x, self.w, 1, "SAME"), training)
+
+
+class FactorizedReduction(tf.Module):
+    """Halves H and W without losing half the pixels: two shifted 1x1 paths, BN."""
+
+    def __init__(self, in_c: int, out_c: int, name: Optional[str] = None):
+        super().__init__(name=name)
+        if out_c % 2:
+            raise ValueError(f"factorized reduction needs an even filter count, got {out_c}")
+        self.w_path1 = conv_weight(1, in_c, out_c // 2, "w_path1")
+        self.w_path2 = conv_weight(1, in_c, out_c // 2, "w_path2")
+        self.bn = BatchNorm(out_c)
+
+    def __call__(self, x, training: bool):
+        return self.bn(factorized_paths(x, self.w_path1, self.w_path2), training)
+
+
+Shape = Tuple[int, int]  # (height = width, channels)
+
+
+class Calibrate(tf.Module):
+    """Brings a layer's two inputs to the same size and `out_c` channels.
+
+    Input 0 may be twice as large (it comes from before a reduction): relu and a
+    factorized reduction. Otherwise a channel mismatch gets relu, 1x1 conv, BN.
+    """
+
+    def __init__(self, shape0: Shape, shape1: Shape, out_c: int, name: Optional[str] = None):
+        super().__init__(name=name)
+        (hw0, c0), (hw1, c1) = shape0, shape1
+        self.reduce_x = None
+        self.project_x = None
+        self.project_y = None
+        if hw0 != hw1:
+            if hw0 != 2 * hw1:
+                raise ValueError(f"cannot calibrate inputs of size {hw0} and {hw1}")
+            self.reduce_x = FactorizedReduction(c0, out_c)
+        elif c0 != out_c:
+            self.project_x = ConvBN(c0, out_c)
+        if c1 != out_c:
+            self.project_y = ConvBN(c1, out_c)
+
+    def __call__(self, x, y, training: bool):
+        if self.reduce_x is not None:
+            x = self.reduce_x(tf.nn.relu(x), training)
+        elif self.project_x is not None:
+            x = self.project_x(x, training)
+        if self.project_y is not None:
+            y = self.project_y(y, training)
+        return x, y
+
+
+class AuxHead(tf.Module):
+    """relu, 5x5 avg pool stride 3 VALID, 1x1 conv 128 + BN + relu,
+    conv over the remaining HxW to 768 + BN + relu, global pool, dense."""
+
+    def __init__(self, in_c: int, hw: int, num_classes: int, name: Optional[str] = None):
+        super().__init__(name=name)
+        pooled_hw = (hw - 5) // 3 + 1
+        if pooled_hw < 1:
+            raise ValueError(f"aux head needs at least 5x5 inputs, got {hw}x{hw}")
+        self.proj = ConvBN(in_c, AUX_PROJ_FILTERS, relu=False)
+        self.conv = ConvBN(AUX_PROJ_FILTERS, AUX_FILTERS, kernel=pooled_hw, relu=False)
+        self.w_fc = he_normal([AUX_FILTERS, num_classes], AUX_FILTERS, "w_fc")
+
+    def __call__(self, x, training: bool):
+        x = tf.nn.avg_pool2d(tf.nn.relu(x), 5, 3, "VALID")
+        x = tf.nn.relu(self.proj(x, training))
+        x = tf.nn.relu(self.conv(x, training))
+        return tf.reduce_mean(x, axis=[1, 2]) @ self.w_fc
+
+
+class ClassifierHead(tf.Module):
+    """relu, global average pool, dropout (training only), dense (no bias, as the authors)."""
+
+    def __init__(self, in_c: int, num_classes: int, keep_prob: float, name: Optional[str] = None):
+        super().__init__(name=name)
+        self.keep_prob = keep_prob
+        self.w = he_normal([in_c, num_classes], in_c, "w")
+
+    def __call__(self, x, training: bool):
+        x = tf.reduce_mean(tf.nn.relu(x), axis=[1, 2])
+        if training and self.keep_prob < 1.0:
+            x = tf.nn.dropout(x, rate=1.0 - self.keep_prob)
+        return x @ self.w
+
+
+def count_params(variables) -> int:
+    return int(sum(v.shape.num_elements() for v in variables))
