@@ -1,0 +1,186 @@
+"""The weight-shared child of the search phase (spec section 2, authors' layout).
+
+Every node input holds the weights of all candidate ops, one slice per
+possible input id (BN of the separable convs too). A forward pass takes an arc
+as Python ints and runs only the sampled op of each node; `dispatch_all_ops`
+computes all five and selects, as the authors do, on the same weights.
+
+Execution strategy (chosen by measurement, see README "Performance"): the
+forward pass is plain eager Python over the arc, and the expensive piece, the
+stacked separable conv, is one compiled tf.function whose inputs are the
+weight variables and the input id as a tensor. Its traces are keyed by shapes
+only, so any number of arcs reuses the same few traces, and no graph ever
+carries an op that the arc did not choose.
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence
+
+import tensorflow as tf
+
+from src import arc as arc_lib
+from src.configs import ChildConfig
+from src.ops import (AuxHead, BatchNorm, Calibrate, ClassifierHead, ConvBN, FactorizedReduction,
+                     avg_pool3x3, batch_norm_batch_stats, count_params, he_normal, max_pool3x3,
+                     separable_conv)
+
+
+@tf.function(reduce_retracing=True)
+def shared_sep_conv(x, input_id, depthwise, pointwise, scale, offset):
+    """Twice (relu, separable conv, BN with batch stats) with the weight slices of
+    `input_id`. Each weight list holds two variables [num_inputs, ...]."""
+    pick = tf.one_hot(input_id, tf.shape(depthwise[0])[0])
+    for dw, pw, gamma, beta in zip(depthwise, pointwise, scale, offset):
+        x = separable_conv(x, select_slice(dw, pick), select_slice(pw, pick))
+        x, _, _ = batch_norm_batch_stats(x, select_slice(gamma, pick), select_slice(beta, pick))
+    return x
+
+
+def select_slice(weights, one_hot):
+    """weights[i] for the one-hot i, as a masked sum over axis 0: [I, ...] -> [...].
+
+    Unlike a gather its gradient is dense (no IndexedSlices), which keeps the
+    optimizer's compiled step to one trace and is XLA friendly.
+    """
+    mask = tf.reshape(one_hot, [-1] + [1] * (weights.shape.rank - 1))
+    return tf.reduce_sum(weights * mask, axis=0)
+
+
+class SharedSepConv(tf.Module):
+    """Weights of one separable-conv op (kernel k, C -> C) for each possible input."""
+
+    def __init__(self, kernel: int, num_inputs: int, channels: int):
+        super().__init__()
+        c = channels
+        self.depthwise = [he_normal([num_inputs, kernel, kernel, c, 1], kernel * kernel, "w_depth")
+                          for _ in range(2)]
+        self.pointwise = [he_normal([num_inputs, 1, 1, c, c], c, "w_point") for _ in range(2)]
+        self.scale = [tf.Variable(tf.ones([num_inputs, c]), name="scale") for _ in range(2)]
+        self.offset = [tf.Variable(tf.zeros([num_inputs, c]), name="offset") for _ in range(2)]
+
+    def __call__(self, x, input_id):
+        # Values, not variables: traces then key on shapes alone (relaxed by reduce_retracing).
+        values = [[v.value() for v in vs] for vs in (self.depthwise, self.pointwise, self.scale, self.offset)]
+        return shared_sep_conv(x, input_id, *values)
+
+
+class NodeInput(tf.Module):
+    """The five candidate ops for one input (x or y) of one node."""
+
+    def __init__(self, num_inputs: int, channels: int):
+        super().__init__()
+        self.sep_convs = {op: SharedSepConv(k, num_inputs, channels)
+                          for op, k in arc_lib.SEP_CONV_KERNELS.items()}
+
+    def op(self, op: int, x, input_id):
+        """Output of candidate `op` (a Python int) on x; pools and identity need no weights
+        because calibration already brought every input to the cell's channels."""
+        if op in self.sep_convs:
+            return self.sep_convs[op](x, input_id)
+        if op == arc_lib.AVG_POOL:
+            return avg_pool3x3(x)
+        if op == arc_lib.MAX_POOL:
+            return max_pool3x3(x)
+        return x
+
+
+Dispatch = Callable[[NodeInput, tf.Tensor, tf.Tensor, int], tf.Tensor]
+
+
+def dispatch_sampled_op(node_input: NodeInput, x, input_id, op: int):
+    """Runs only the op the arc chose (the fast path)."""
+    return node_input.op(op, x, input_id)
+
+
+def dispatch_all_ops(node_input: NodeInput, x, input_id, op: int):
+    """Runs all five ops and keeps one, as the authors' code does (the reference)."""
+    outs = tf.stack([node_input.op(o, x, input_id) for o in range(arc_lib.NUM_BRANCHES)])
+    return outs[op]  # [5, N, H, W, C] -> [N, H, W, C]
+
+
+class SharedLayer(tf.Module):
+    """One search-phase layer: calibrate, B nodes, relu + 1x1 conv + BN over the
+    concatenation of the unused nodes (weights only for the used rows)."""
+
+    def __init__(self, shape0, shape1, channels: int, num_cells: int, reduce_first: Optional[int]):
+        super().__init__()
+        # Reduction layers first halve the last output (factorized reduction, C' = 2C).
+        self.reduce = FactorizedReduction(reduce_first, channels) if reduce_first else None
+        if self.reduce is not None:
+            shape0, shape1 = shape1, (shape1[0] // 2, channels)
+        self.calibrate = Calibrate(shape0, shape1, channels)
+        self.nodes = [(NodeInput(k + 2, channels), NodeInput(k + 2, channels)) for k in range(num_cells)]
+        self.final_w = he_normal([num_cells + 2, channels, channels], channels, "final_w")
+        self.final_bn = BatchNorm(channels)
+        self.out_shape = (shape1[0], channels)
+
+    def __call__(self, prev0, prev1, cell: Sequence[int], ids: List[tf.Tensor], dispatch: Dispatch):
+        if self.reduce is not None:
+            prev0, prev1 = prev1, self.reduce(prev1, training=True)
+        x0, x1 = self.calibrate(prev0, prev1, training=True)
+        states = [x0, x1]
+        for (x_id, x_op, y_id, y_op), (x_in, y_in) in zip(arc_lib.cell_nodes(cell), self.nodes):
+            states.append(dispatch(x_in, states[x_id], ids[x_id], x_op)
+                          + dispatch(y_in, states[y_id], ids[y_id], y_op))
+        return self._combine(states, arc_lib.unused_ids(cell)), prev1
+
+    def _combine(self, states, unused: List[int]):
+        c = self.out_shape[1]
+        x = tf.nn.relu(tf.concat([states[i] for i in unused], axis=3))  # [N,H,W,len(unused)*C]
+        w = tf.reshape(tf.gather(self.final_w, unused), [1, 1, len(unused) * c, c])
+        return self.final_bn(tf.nn.conv2d(x, w, 1, "SAME"), training=True)
+
+
+class SharedChild(tf.Module):
+    """Stem, num_layers + 2 shared layers, aux head, classifier. BN always uses
+    batch statistics (also for evaluation), as in the authors' search phase."""
+
+    def __init__(self, config: ChildConfig, dispatch: Dispatch = dispatch_sampled_op):
+        super().__init__(name="shared_child")
+        self.config = config
+        self.dispatch = dispatch
+        reductions = arc_lib.reduction_layer_ids(config.num_layers, config.num_reductions)
+        self.aux_layer = arc_lib.aux_head_layer_id(config.num_layers, config.num_reductions)
+        stem_c = 3 * config.out_filters
+        self.stem = ConvBN(config.channel, stem_c, kernel=3, relu=False)
+        shapes = [(config.img_size, stem_c)] * 2
+        c = config.out_filters
+        self.layers: List[SharedLayer] = []
+        self.aux_head = None
+        for layer_id in range(arc_lib.total_layers(config.num_layers)):
+            reduce_first = None
+            if layer_id in reductions:
+                reduce_first, c = shapes[1][1], 2 * c
+            layer = SharedLayer(shapes[0], shapes[1], c, config.num_cells, reduce_first)
+            self.layers.append(layer)
+            shapes = [shapes[1] if reduce_first is None else (layer.out_shape[0], c), layer.out_shape]
+            if config.use_aux_heads and layer_id == self.aux_layer:
+                self.aux_head = AuxHead(c, layer.out_shape[0], config.num_classes)
+        self.head = ClassifierHead(c, config.num_classes, config.keep_prob)
+        # Input ids as tensors, made once: a Python int would retrace the compiled pieces.
+        self._ids = [tf.constant(i) for i in range(config.num_cells + 2)]
+
+    @property
+    def layer_shapes(self):
+        return [layer.out_shape for layer in self.layers]
+
+    def __call__(self, images, arc: Sequence[int], training: bool = True):
+        """images [N,H,W,C], arc of 8*B Python ints -> (logits, aux logits or None).
+
+        `training` switches dropout and the aux head only: BN always uses batch stats.
+        """
+        normal, reduction = arc_lib.split_arc([int(a) for a in arc], self.config.num_cells)
+        x = self.stem(images, training=True)
+        prev0, prev1 = x, x
+        aux_logits = None
+        for layer_id, layer in enumerate(self.layers):
+            cell = reduction if layer.reduce is not None else normal
+            out, prev1 = layer(prev0, prev1, cell, self._ids, self.dispatch)
+            prev0, prev1 = prev1, out
+            if training and self.aux_head is not None and layer_id == self.aux_layer:
+                aux_logits = self.aux_head(out, training=True)
+        return self.head(prev1, training), aux_logits
+
+    def num_params(self) -> int:
+        aux = {id(v) for v in self.aux_head.trainable_variables} if self.aux_head else set()
+        return count_params(v for v in self.trainable_variables if id(v) not in aux)
