@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Dict, Optional
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +84,7 @@ class FixedTrainConfig:
     child: ChildConfig
     optim: OptimConfig
     run: RunConfig
-    flags_text: str = ""  # the flags as given, printed first in stdout
+    flags: Dict[str, Any] = dataclasses.field(default_factory=dict)  # as given, for the record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,4 +95,4 @@ class SearchConfig:
     optim: OptimConfig
     controller: ControllerConfig
     run: RunConfig
-    flags_text: str = ""
+    flags: Dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -183,19 +183,22 @@ class Calibrate(tf.Module):
 
 class AuxHead(tf.Module):
     """relu, 5x5 avg pool stride 3 VALID, 1x1 conv 128 + BN + relu,
-    conv over the remaining HxW to 768 + BN + relu, global pool, dense."""
+    conv over the remaining HxW to 768 + BN + relu, global pool, dense.
+
+    Feature maps smaller than 5x5 (small images) pool over what there is
+    instead of failing; from 5x5 up this is exactly the authors' head.
+    """
 
     def __init__(self, in_c: int, hw: int, num_classes: int, name: Optional[str] = None):
         super().__init__(name=name)
-        pooled_hw = (hw - 5) // 3 + 1
-        if pooled_hw < 1:
-            raise ValueError(f"aux head needs at least 5x5 inputs, got {hw}x{hw}")
+        self.pool = min(5, hw)
+        pooled_hw = (hw - self.pool) // 3 + 1
         self.proj = ConvBN(in_c, AUX_PROJ_FILTERS, relu=False)
         self.conv = ConvBN(AUX_PROJ_FILTERS, AUX_FILTERS, kernel=pooled_hw, relu=False)
         self.w_fc = he_normal([AUX_FILTERS, num_classes], AUX_FILTERS, "w_fc")
 
     def __call__(self, x, training: bool):
-        x = tf.nn.avg_pool2d(tf.nn.relu(x), 5, 3, "VALID")
+        x = tf.nn.avg_pool2d(tf.nn.relu(x), self.pool, 3, "VALID")
         x = tf.nn.relu(self.proj(x, training))
         x = tf.nn.relu(self.conv(x, training))
         return tf.reduce_mean(x, axis=[1, 2]) @ self.w_fc

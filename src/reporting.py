@@ -36,6 +36,12 @@ SERIES_COLOURS = ((180, 119, 31), (14, 127, 255), (44, 160, 44), (40, 39, 214), 
 # Progress
 
 
+def format_flags(flags: Dict) -> str:
+    """The run's flags, one `--name=value` a line, as the run's log starts."""
+    lines = ["-" * 80] + [f"--{name}={value}" for name, value in sorted(flags.items())] + ["-" * 80]
+    return "\n".join(lines)
+
+
 def format_duration(seconds: float) -> str:
     """A short duration: '12s', '3m05s', '1h02m'; '?' when unknown."""
     if seconds is None or not math.isfinite(seconds) or seconds < 0:

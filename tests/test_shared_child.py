@@ -1,0 +1,106 @@
+import random
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from src import arc as arc_lib
+from src.configs import OptimConfig
+from src.shared_child import SharedChild, dispatch_all_ops, dispatch_sampled_op, shared_sep_conv
+from src.train_steps import SharedChildSteps, classification_loss
+from tests.conftest import tiny_child_config
+
+
+def sep_conv_params(kernel, num_inputs, c):
+    """Two (depthwise k*k*C, pointwise C*C, BN 2C) units, one slice per possible input."""
+    return 2 * num_inputs * (kernel * kernel * c + c * c + 2 * c)
+
+
+def layer_node_params(c):
+    # Nodes 2..6 read 2..6 possible inputs; each node has an x and a y input,
+    # each holding a 3x3 and a 5x5 separable conv.
+    return sum(2 * (sep_conv_params(3, n, c) + sep_conv_params(5, n, c)) for n in range(2, 7))
+
+
+def final_conv_params(c):
+    return 7 * c * c + 2 * c  # one CxC block per id, BN
+
+
+def factorized_reduction_params(in_c, out_c):
+    return 2 * in_c * (out_c // 2) + 2 * out_c
+
+
+def test_parameter_count_worked_out_by_hand():
+    # 3 normal layers + reductions at layer ids 1 and 3; 4 filters; 1 channel; 3 classes.
+    config = tiny_child_config()
+    stem = 3 * 3 * 1 * 12 + 2 * 12
+    layer0 = 2 * (12 * 4 + 2 * 4) + layer_node_params(4) + final_conv_params(4)  # calibrate 12->4 twice
+    layer1 = 2 * factorized_reduction_params(4, 8) + layer_node_params(8) + final_conv_params(8)
+    layer2 = layer_node_params(8) + final_conv_params(8)
+    layer3 = 2 * factorized_reduction_params(8, 16) + layer_node_params(16) + final_conv_params(16)
+    layer4 = layer_node_params(16) + final_conv_params(16)
+    head = 16 * 3
+    expected = stem + layer0 + layer1 + layer2 + layer3 + layer4 + head
+    assert expected == 268_444
+    assert SharedChild(config).num_params() == expected
+
+
+@pytest.mark.parametrize("num_reductions", [2, 3])
+def test_sampled_ops_equal_all_ops_and_select(num_reductions):
+    tf.random.set_seed(0)
+    child = SharedChild(tiny_child_config(num_reductions=num_reductions))
+    images = tf.random.normal([6, 16, 16, 1])
+    rng = random.Random(num_reductions)
+    for _ in range(5):
+        arc = arc_lib.random_arc(rng)
+        child.dispatch = dispatch_sampled_op
+        fast, _ = child(images, arc, training=False)
+        child.dispatch = dispatch_all_ops
+        reference, _ = child(images, arc, training=False)
+        np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_equal_all_ops_and_unchosen_ops_get_none():
+    tf.random.set_seed(1)
+    child = SharedChild(tiny_child_config(use_aux_heads=False))
+    images, labels = tf.random.normal([6, 16, 16, 1]), tf.constant([0, 1, 2, 0, 1, 2])
+    arc = arc_lib.parse_arc(arc_lib.DEFAULT_ARC)
+    grads = {}
+    for name, dispatch in (("fast", dispatch_sampled_op), ("all", dispatch_all_ops)):
+        child.dispatch = dispatch
+        with tf.GradientTape() as tape:
+            logits, _ = child(images, arc, training=True)
+            loss = classification_loss(labels, logits, None, 0.4)
+        grads[name] = tape.gradient(loss, child.trainable_variables,
+                                    unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    for fast, reference in zip(grads["fast"], grads["all"]):
+        np.testing.assert_allclose(tf.convert_to_tensor(fast), tf.convert_to_tensor(reference),
+                                   rtol=1e-4, atol=1e-5)
+    # Node 2 of the normal cell reads x from id 1 with avg pool: its sep convs get nothing,
+    # while the y input's ... op 3 (max pool) too; node 3 reads id 0 with sep 5x5.
+    node3_x = child.layers[0].nodes[1][0]
+    assert float(tf.reduce_sum(tf.abs(_grad_of(child, grads["fast"], node3_x.sep_convs[0].depthwise[0])))) == 0.0
+    used = _grad_of(child, grads["fast"], node3_x.sep_convs[1].depthwise[0]).numpy()
+    assert np.abs(used[0]).sum() > 0 and np.abs(used[1:]).sum() == 0  # only input id 0's slice
+
+
+def _grad_of(child, grads, variable):
+    index = [id(v) for v in child.trainable_variables].index(id(variable))
+    return tf.convert_to_tensor(grads[index])
+
+
+def test_many_arcs_reuse_the_same_traces():
+    tf.random.set_seed(2)
+    child = SharedChild(tiny_child_config())
+    steps = SharedChildSteps(child, OptimConfig(lr_max=0.01, l2_reg=1e-4))
+    images, labels = tf.random.normal([4, 16, 16, 1]), tf.constant([0, 1, 2, 0])
+    rng = random.Random(3)
+    for _ in range(5):  # warm-up: every shape each piece sees
+        steps.train_step(images, labels, arc_lib.random_arc(rng))
+    traces = (shared_sep_conv.experimental_get_tracing_count(),
+              steps._apply.experimental_get_tracing_count())
+    for _ in range(100):
+        steps.train_step(images, labels, arc_lib.random_arc(rng))
+    assert (shared_sep_conv.experimental_get_tracing_count(),
+            steps._apply.experimental_get_tracing_count()) == traces
+    assert traces[1] == 1
