@@ -6,11 +6,13 @@ as Python ints and runs only the sampled op of each node; `dispatch_all_ops`
 computes all five and selects, as the authors do, on the same weights.
 
 Execution strategy (chosen by measurement, see README "Performance"): the
-forward pass is plain eager Python over the arc, and the expensive piece, the
-stacked separable conv, is one compiled tf.function whose inputs are the
-weight variables and the input id as a tensor. Its traces are keyed by shapes
-only, so any number of arcs reuses the same few traces, and no graph ever
-carries an op that the arc did not choose.
+walk over the arc is plain Python, and every piece it calls (stacked
+separable conv, pools, calibration, the final combine, stem and heads) is a
+compiled tf.function. The node pieces take weight values and the input id as
+tensors, so their traces are keyed by shapes only: any number of arcs reuses
+the same few traces, and no graph carries an op that the arc did not choose.
+Compiled pieces matter on CPU: eager max pooling, for one, runs about 6x
+slower than the same op inside a graph.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import tensorflow as tf
 
 from src import arc as arc_lib
 from src.configs import ChildConfig
-from src.ops import (AuxHead, BatchNorm, Calibrate, ClassifierHead, ConvBN, FactorizedReduction,
+from src.ops import (AuxHead, Calibrate, ClassifierHead, ConvBN, FactorizedReduction,
                      avg_pool3x3, batch_norm_batch_stats, count_params, he_normal, max_pool3x3,
                      separable_conv)
 
@@ -64,6 +66,28 @@ class SharedSepConv(tf.Module):
         return shared_sep_conv(x, input_id, *values)
 
 
+compiled_avg_pool = tf.function(avg_pool3x3, reduce_retracing=True)
+compiled_max_pool = tf.function(max_pool3x3, reduce_retracing=True)
+
+
+@tf.function(reduce_retracing=True)
+def combine_unused(states, unused, final_w, bn_scale, bn_offset):
+    """relu, 1x1 conv, BN over the concatenation of the unused states.
+
+    states: the B + 2 states of a cell, each [N,H,W,C]; unused: int32 [k] ids;
+    final_w: [B + 2, C, C], one CxC block per id, so only the used rows enter.
+    Returns [N,H,W,C].
+    """
+    c = tf.shape(final_w)[2]
+    picked = tf.gather(tf.stack(states), unused)  # [k,N,H,W,C]
+    shape = tf.shape(picked)
+    x = tf.transpose(picked, [1, 2, 3, 0, 4])  # [N,H,W,k,C]
+    x = tf.reshape(tf.nn.relu(x), [shape[1], shape[2], shape[3], shape[0] * c])
+    w = tf.reshape(tf.gather(final_w, unused), [1, 1, shape[0] * c, c])
+    y, _, _ = batch_norm_batch_stats(tf.nn.conv2d(x, w, 1, "SAME"), bn_scale, bn_offset)
+    return y
+
+
 class NodeInput(tf.Module):
     """The five candidate ops for one input (x or y) of one node."""
 
@@ -78,9 +102,9 @@ class NodeInput(tf.Module):
         if op in self.sep_convs:
             return self.sep_convs[op](x, input_id)
         if op == arc_lib.AVG_POOL:
-            return avg_pool3x3(x)
+            return compiled_avg_pool(x)
         if op == arc_lib.MAX_POOL:
-            return max_pool3x3(x)
+            return compiled_max_pool(x)
         return x
 
 
@@ -111,24 +135,30 @@ class SharedLayer(tf.Module):
         self.calibrate = Calibrate(shape0, shape1, channels)
         self.nodes = [(NodeInput(k + 2, channels), NodeInput(k + 2, channels)) for k in range(num_cells)]
         self.final_w = he_normal([num_cells + 2, channels, channels], channels, "final_w")
-        self.final_bn = BatchNorm(channels)
+        # BN of the combine: batch statistics only, so no moving averages to keep.
+        self.final_scale = tf.Variable(tf.ones([channels]), name="final_scale")
+        self.final_offset = tf.Variable(tf.zeros([channels]), name="final_offset")
         self.out_shape = (shape1[0], channels)
+        self._inputs = tf.function(self._prepare_inputs, reduce_retracing=True)
 
-    def __call__(self, prev0, prev1, cell: Sequence[int], ids: List[tf.Tensor], dispatch: Dispatch):
+    def _prepare_inputs(self, prev0, prev1):
+        """(Reduction layers: halve the last output, then) calibrate both inputs."""
         if self.reduce is not None:
             prev0, prev1 = prev1, self.reduce(prev1, training=True)
         x0, x1 = self.calibrate(prev0, prev1, training=True)
+        return x0, x1, prev1
+
+    def __call__(self, prev0, prev1, cell: Sequence[int], ids: List[tf.Tensor], dispatch: Dispatch):
+        """Returns (this layer's output, the input the next layer sees as h[i-1])."""
+        x0, x1, prev1 = self._inputs(prev0, prev1)
         states = [x0, x1]
         for (x_id, x_op, y_id, y_op), (x_in, y_in) in zip(arc_lib.cell_nodes(cell), self.nodes):
             states.append(dispatch(x_in, states[x_id], ids[x_id], x_op)
                           + dispatch(y_in, states[y_id], ids[y_id], y_op))
-        return self._combine(states, arc_lib.unused_ids(cell)), prev1
-
-    def _combine(self, states, unused: List[int]):
-        c = self.out_shape[1]
-        x = tf.nn.relu(tf.concat([states[i] for i in unused], axis=3))  # [N,H,W,len(unused)*C]
-        w = tf.reshape(tf.gather(self.final_w, unused), [1, 1, len(unused) * c, c])
-        return self.final_bn(tf.nn.conv2d(x, w, 1, "SAME"), training=True)
+        unused = tf.constant(arc_lib.unused_ids(cell), tf.int32)
+        out = combine_unused(states, unused, self.final_w.value(), self.final_scale.value(),
+                             self.final_offset.value())
+        return out, prev1
 
 
 class SharedChild(tf.Module):
@@ -159,6 +189,9 @@ class SharedChild(tf.Module):
         self.head = ClassifierHead(c, config.num_classes, config.keep_prob)
         # Input ids as tensors, made once: a Python int would retrace the compiled pieces.
         self._ids = [tf.constant(i) for i in range(config.num_cells + 2)]
+        self._stem = tf.function(self._run_stem, reduce_retracing=True)
+        self._aux = tf.function(self._run_aux_head, reduce_retracing=True)
+        self._head = tf.function(self._run_head, reduce_retracing=True)
 
     @property
     def layer_shapes(self):
@@ -170,7 +203,7 @@ class SharedChild(tf.Module):
         `training` switches dropout and the aux head only: BN always uses batch stats.
         """
         normal, reduction = arc_lib.split_arc([int(a) for a in arc], self.config.num_cells)
-        x = self.stem(images, training=True)
+        x = self._stem(images)
         prev0, prev1 = x, x
         aux_logits = None
         for layer_id, layer in enumerate(self.layers):
@@ -178,8 +211,17 @@ class SharedChild(tf.Module):
             out, prev1 = layer(prev0, prev1, cell, self._ids, self.dispatch)
             prev0, prev1 = prev1, out
             if training and self.aux_head is not None and layer_id == self.aux_layer:
-                aux_logits = self.aux_head(out, training=True)
-        return self.head(prev1, training), aux_logits
+                aux_logits = self._aux(out)
+        return self._head(prev1, training), aux_logits
+
+    def _run_stem(self, images):
+        return self.stem(images, training=True)
+
+    def _run_aux_head(self, x):
+        return self.aux_head(x, training=True)
+
+    def _run_head(self, x, training: bool):
+        return self.head(x, training)
 
     def num_params(self) -> int:
         aux = {id(v) for v in self.aux_head.trainable_variables} if self.aux_head else set()

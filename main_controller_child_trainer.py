@@ -1,0 +1,48 @@
+"""Search for a cell with ENAS: a controller samples arcs, a weight-shared child
+trains on them, REINFORCE rewards the arcs that classify the validation set well.
+
+    python main_controller_child_trainer.py
+    python main_child_trainer.py --child_fixed_arc_file output/search/best_arc.txt
+"""
+from absl import app, flags
+
+import cli_common
+from src import search
+from src.configs import ControllerConfig, SearchConfig
+
+cli_common.define_common_flags(output_dir="output/search", num_epochs=150, num_layers=6,
+                               out_filters=20, keep_prob=0.9, l2_reg=1e-4, lr_min=0.0005)
+flags.DEFINE_float("controller_lr", 0.0035, "Adam learning rate of the controller.")
+flags.DEFINE_float("controller_tanh_constant", 1.10, "Logits are squashed to c * tanh(l).")
+flags.DEFINE_float("controller_op_tanh_reduce", 2.5, "Op logits use c / op_tanh_reduce instead.")
+flags.DEFINE_float("controller_temperature", None, "Divide logits by this before tanh (unset = off).")
+flags.DEFINE_float("controller_entropy_weight", 1e-4, "Reward += weight * entropy of the sample.")
+flags.DEFINE_float("controller_bl_dec", 0.99, "Decay of the moving-average reward baseline.")
+flags.DEFINE_integer("controller_num_aggregate", 10, "Sampled arcs whose gradients are averaged "
+                     "per controller update.")
+flags.DEFINE_integer("controller_train_steps", 30, "Controller updates per controller phase.")
+flags.DEFINE_integer("controller_train_every", 1, "Run the controller phase every this many epochs.")
+FLAGS = flags.FLAGS
+
+
+def controller_config() -> ControllerConfig:
+    return ControllerConfig(
+        num_cells=FLAGS.child_num_cells, tanh_constant=FLAGS.controller_tanh_constant,
+        op_tanh_reduce=FLAGS.controller_op_tanh_reduce, temperature=FLAGS.controller_temperature,
+        entropy_weight=FLAGS.controller_entropy_weight, bl_dec=FLAGS.controller_bl_dec,
+        lr=FLAGS.controller_lr, num_aggregate=FLAGS.controller_num_aggregate,
+        train_steps=FLAGS.controller_train_steps, train_every=FLAGS.controller_train_every,
+        seed=FLAGS.seed)
+
+
+def main(argv):
+    del argv
+    config = SearchConfig(
+        data=cli_common.data_config(), child=cli_common.child_config(),
+        optim=cli_common.optim_config(), controller=controller_config(),
+        run=cli_common.run_config(), flags=cli_common.flag_values())
+    search.run(config)
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: cli_common.run_or_exit(lambda: main(argv)))

@@ -1,0 +1,208 @@
+"""Speed and memory of the search and of the fixed child, on synthetic data.
+
+    python -m src.benchmark           # default search config, a few minutes on 2 cores
+    python -m src.benchmark --quick   # smaller batch and fewer steps, under a minute
+
+The sampled-op search steps and controller updates run in a process of their
+own (so peak_rss_mb and startup_s are theirs alone); the all-ops reference
+and the fixed child run in this process, from the same seed, so the all-ops
+steps start from the same weights and see the same sequence of arcs. Every
+timing is the median over steps after warm-up. The last line printed is one
+JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+# Read before TensorFlow is imported: process start is the reference for startup_s.
+_PROCESS_START = time.time()
+
+import tensorflow as tf  # noqa: E402
+
+from src import arc as arc_lib  # noqa: E402
+from src import search  # noqa: E402
+from src.configs import ChildConfig, ControllerConfig, OptimConfig, SearchConfig  # noqa: E402
+from src.configs import DataConfig, RunConfig  # noqa: E402
+from src.fixed_child import FixedChild  # noqa: E402
+from src.shared_child import dispatch_all_ops, shared_sep_conv  # noqa: E402
+from src.train_steps import FixedChildSteps  # noqa: E402
+
+IMG_SIZE, CHANNELS, NUM_CLASSES = 32, 1, 10
+
+
+def process_start_time() -> float:
+    """Wall-clock start of this process (Linux /proc), else the module import time."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - uptime + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return _PROCESS_START
+
+
+def search_config(batch_size: int) -> SearchConfig:
+    """The default search configuration (6 layers, 20 filters, paper layout, aux heads)."""
+    return SearchConfig(
+        data=DataConfig(batch_size=batch_size, eval_batch_size=batch_size),
+        child=ChildConfig(num_classes=NUM_CLASSES, channel=CHANNELS, img_size=IMG_SIZE,
+                          num_layers=6, out_filters=20, keep_prob=0.9),
+        optim=OptimConfig(lr_max=0.05, lr_min=0.0005, l2_reg=1e-4),
+        controller=ControllerConfig(), run=RunConfig())
+
+
+def synthetic_batches(batch_size: int, seed: int):
+    """An endless iterator of random (images, labels) batches, prefetched."""
+    images = tf.random.stateless_normal([4 * batch_size, IMG_SIZE, IMG_SIZE, CHANNELS], [seed, 0])
+    labels = tf.random.stateless_uniform([4 * batch_size], [seed, 1], 0, NUM_CLASSES, tf.int32)
+    data = tf.data.Dataset.from_tensor_slices((images, labels)).repeat().batch(batch_size)
+    return iter(data.prefetch(tf.data.AUTOTUNE))
+
+
+def median_time(fn, steps: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def tracing_count(state: search.SearchState) -> int:
+    """tf.function traces so far, over every compiled piece of the search."""
+    functions = [shared_sep_conv, state.child_steps._apply]
+    functions += [f for f in vars(state.controller).values() if hasattr(f, "experimental_get_tracing_count")]
+    functions += [f for f in vars(state.reinforce).values() if hasattr(f, "experimental_get_tracing_count")]
+    functions += [getattr(type(state.controller), "sample", None), state.controller.sample]
+    seen, total = set(), 0
+    for f in functions:
+        if hasattr(f, "experimental_get_tracing_count") and id(f) not in seen:
+            seen.add(id(f))
+            total += f.experimental_get_tracing_count()
+    return total
+
+
+def measure_sampled_search(batch_size: int, steps: int, ctrl_steps: int) -> dict:
+    """The sampled-op search steps and controller updates (run in their own process)."""
+    config = search_config(batch_size)
+    state = search.build_state(config)
+    train, valid = synthetic_batches(batch_size, 0), synthetic_batches(batch_size, 1)
+
+    def child_step():
+        images, labels = next(train)
+        float(search.child_step(state, images, labels)["loss"])  # waits for the step
+
+    child_step()
+    startup = time.time() - process_start_time()
+    for _ in range(3):  # warm-up: every shape the compiled pieces see
+        child_step()
+    traces = tracing_count(state)
+    search_step = median_time(child_step, steps, warmup=0)
+    images, labels = next(valid)
+    arc = search.sample_arc(state.controller)
+    valid_forward = median_time(lambda: float(state.child_steps.count_correct(images, labels, arc)),
+                                steps, warmup=1)
+    controller_update = median_time(
+        lambda: search.controller_update(state, valid, config.controller), ctrl_steps, warmup=1)
+    return {
+        "search_step_s": search_step,
+        "search_images_per_s": batch_size / search_step,
+        "valid_forward_s": valid_forward,
+        "controller_update_s": controller_update,
+        "startup_s": startup,
+        "traces_after_warmup": tracing_count(state) - traces,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "shared_child_params": state.child.num_params(),
+    }
+
+
+def measure_all_ops_search(batch_size: int, steps: int) -> float:
+    """The same search step computing all five ops of every node and selecting."""
+    state = search.build_state(search_config(batch_size))  # same seed: same weights, same arcs
+    state.child.dispatch = dispatch_all_ops
+    train = synthetic_batches(batch_size, 0)
+
+    def child_step():
+        images, labels = next(train)
+        float(search.child_step(state, images, labels)["loss"])
+
+    return median_time(child_step, steps, warmup=1)
+
+
+def measure_fixed_child(batch_size: int, steps: int) -> float:
+    """The reference arc, 15 layers, 16 filters, 32x32x1 (the final-training model)."""
+    config = ChildConfig(num_classes=NUM_CLASSES, channel=CHANNELS, img_size=IMG_SIZE,
+                         num_layers=15, out_filters=16)
+    model = FixedChild(config, arc_lib.parse_arc(arc_lib.DEFAULT_ARC))
+    fixed = FixedChildSteps(model, OptimConfig(), [IMG_SIZE, IMG_SIZE, CHANNELS])
+    train = synthetic_batches(batch_size, 2)
+
+    def step():
+        images, labels = next(train)
+        float(fixed.train_step(images, labels, tf.constant(0.5))["loss"])
+
+    return median_time(step, steps, warmup=1)
+
+
+def device_name() -> str:
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return f"GPU: {details.get('device_name', gpus[0].name)}"
+    return "CPU"
+
+
+def run_sampled_worker(args) -> dict:
+    """Runs the sampled-op part in a fresh Python process; returns its JSON."""
+    command = [sys.executable, "-m", "src.benchmark", "--worker"] + (["--quick"] if args.quick else [])
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        sys.stderr.write(result.stderr[-3000:])
+        raise SystemExit(f"benchmark worker failed with exit code {result.returncode}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def plan(quick: bool) -> dict:
+    if quick:
+        return dict(batch_size=32, search_steps=3, ctrl_steps=1, all_ops_steps=2, fixed_steps=2)
+    return dict(batch_size=128, search_steps=10, ctrl_steps=3, all_ops_steps=5, fixed_steps=5)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="batch 32, few steps (CI smoke run)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    p = plan(args.quick)
+    if args.worker:
+        print(json.dumps(measure_sampled_search(p["batch_size"], p["search_steps"], p["ctrl_steps"])))
+        return
+    print(f"benchmark: batch {p['batch_size']}, sampled-op search in a separate process ...",
+          flush=True)
+    figures = run_sampled_worker(args)
+    print(f"  search step {figures['search_step_s']:.3f} s; all-ops reference ...", flush=True)
+    figures["search_step_all_ops_s"] = measure_all_ops_search(p["batch_size"], p["all_ops_steps"])
+    print(f"  all-ops step {figures['search_step_all_ops_s']:.3f} s; fixed child ...", flush=True)
+    figures["fixed_step_s"] = measure_fixed_child(p["batch_size"], p["fixed_steps"])
+    figures.update(
+        fixed_images_per_s=p["batch_size"] / figures["fixed_step_s"],
+        all_ops_over_sampled=figures["search_step_all_ops_s"] / figures["search_step_s"],
+        controller_over_10_forwards=figures["controller_update_s"] / (10 * figures["valid_forward_s"]),
+        batch_size=p["batch_size"], quick=args.quick, device=device_name(),
+        tf_version=tf.__version__, cpu_count=os.cpu_count())
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                      for k, v in sorted(figures.items())}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""The fixed-arc loop: retrain one arc into a final model (main_child_trainer.py).
+
+data -> FixedChild -> compiled steps -> checkpoints every epoch, evaluation,
+results.json, curves and the list of misclassified test images.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Dict, List
+
+import numpy as np
+import tensorflow as tf
+
+from src import arc as arc_lib
+from src import data as data_lib
+from src import reporting, run_dir
+from src.configs import FixedTrainConfig
+from src.fixed_child import FixedChild
+from src.train_steps import FixedChildSteps, cosine_lr
+
+HISTORY_FILE = "history.json"
+
+
+def predict(steps: FixedChildSteps, split: data_lib.Split, batch_size: int) -> np.ndarray:
+    """Predicted class ids [N] for a split, in order."""
+    return np.concatenate([steps.eval_step(images).numpy()
+                           for images, _ in data_lib.eval_batches(split, batch_size)])
+
+
+def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(predictions == labels)) if len(labels) else 0.0
+
+
+def format_train_line(epoch: int, step: int, metrics: Dict, lr: float, batch: int,
+                      start: float) -> str:
+    return (f"epoch={epoch:<4d} ch_step={step:<7d} loss={float(metrics['loss']):.6f} "
+            f"lr={lr:.4e} |g|={float(metrics['grad_norm']):.4f} "
+            f"tr_acc={int(metrics['correct']):>4d}/{batch:<4d} "
+            f"mins={(time.time() - start) / 60:.2f}")
+
+
+def check_resumable(output_dir: str, arc: str) -> None:
+    """A checkpoint made for another arc cannot be resumed; never overwrite it."""
+    previous = run_dir.read_json(os.path.join(output_dir, run_dir.RESULTS_FILE), default={})
+    if previous.get("arc") and previous["arc"] != arc:
+        raise run_dir.OutputDirError(
+            f"{output_dir} holds a run of another arc ({previous['arc']}); "
+            "choose another --output_dir or pass --reset_output_dir")
+
+
+def run(config: FixedTrainConfig) -> Dict:
+    """Trains (or resumes) the fixed child; returns what results.json holds."""
+    arc = arc_lib.parse_arc(config.arc, config.child.num_cells)
+    out = config.run.output_dir
+    resumed = run_dir.prepare_output_dir(out, config.run.reset_output_dir)
+    arc_text = arc_lib.format_arc(arc)
+    check_resumable(out, arc_text)
+    with run_dir.Tee(out):
+        print(reporting.format_flags(config.flags))
+        dataset = data_lib.load_dataset(config.data)
+        child_config = _child_config_for(config, dataset)
+        print(f"Classes ({dataset.num_classes}): {', '.join(dataset.class_names)}")
+        print(f"Images: train {len(dataset.train.labels)}, valid {len(dataset.valid.labels)}, "
+              f"test {len(dataset.test.labels)}")
+        return _train(config, child_config, arc, arc_text, dataset, resumed)
+
+
+def _child_config_for(config: FixedTrainConfig, dataset):
+    """The number of classes comes from the folders, never a hard-coded 10."""
+    return dataclasses.replace(config.child, num_classes=dataset.num_classes,
+                               channel=config.data.channel, img_size=config.data.img_size)
+
+
+def _train(config, child_config, arc, arc_text, dataset, resumed) -> Dict:
+    out, run_cfg = config.run.output_dir, config.run
+    tf.random.set_seed(run_cfg.seed)
+    model = FixedChild(child_config, arc)
+    steps = FixedChildSteps(model, config.optim, dataset.train.images.shape[1:])
+    print(f"Arc: {arc_text}")
+    print(f"Model has {model.num_params()} params")
+    print(f"Aux head uses {model.num_aux_params()} params")
+    reporting.save_arc_picture(arc, os.path.join(out, "arc.png"))
+
+    epoch_var = tf.Variable(0, dtype=tf.int64, name="epoch")
+    step_var = tf.Variable(0, dtype=tf.int64, name="step")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=steps.optimizer,
+                                     epoch=epoch_var, step=step_var)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(out, run_dir.CHECKPOINT_DIR),
+                                         max_to_keep=3)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        print(f"Resumed from {manager.latest_checkpoint} at epoch {int(epoch_var)}, "
+              f"step {int(step_var)}")
+    history = run_dir.read_json(os.path.join(out, HISTORY_FILE), default={"epochs": []})
+    previous = run_dir.read_json(os.path.join(out, run_dir.RESULTS_FILE), default={})
+    wall_before = float(previous.get("wall_time_s", 0.0))
+    start = time.time()
+
+    batches_per_epoch = data_lib.num_batches(len(dataset.train.labels), config.data.batch_size)
+    total_steps = max(1, run_cfg.num_epochs * batches_per_epoch)
+    train_data = data_lib.train_batches(dataset.train, config.data)
+    valid_acc = test_acc = None
+    for epoch in range(int(epoch_var), run_cfg.num_epochs):
+        lr = cosine_lr(epoch, config.optim)
+        steps.optimizer.learning_rate.assign(lr)
+        losses, correct, seen = [], 0, 0
+        bar = reporting.ProgressBar(batches_per_epoch, desc=f"epoch {epoch + 1}")
+        for images, labels in train_data:
+            progress = min(1.0, (int(step_var) + 1) / total_steps)
+            metrics = steps.train_step(images, labels, tf.constant(progress, tf.float32))
+            step_var.assign_add(1)
+            losses.append(float(metrics["loss"]))
+            correct += int(metrics["correct"])
+            seen += int(labels.shape[0])
+            if int(step_var) % run_cfg.log_every == 0:
+                bar.write(format_train_line(epoch + 1, int(step_var), metrics, lr,
+                                            int(labels.shape[0]), start))
+            bar.update(loss=losses[-1])
+        bar.close()
+        epoch_var.assign(epoch + 1)
+        manager.save(checkpoint_number=epoch + 1)
+        record = {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)),
+                  "train_accuracy": correct / max(1, seen)}
+        if (epoch + 1) % run_cfg.eval_every_epochs == 0 or epoch + 1 == run_cfg.num_epochs:
+            valid_acc, test_acc = _evaluate(steps, dataset, config.data.eval_batch_size)
+            record.update(valid_accuracy=valid_acc, test_accuracy=test_acc)
+        history["epochs"].append(record)
+        _save_history(out, history)
+        _write_results(config, model, arc_text, int(epoch_var), valid_acc, test_acc,
+                       wall_before + time.time() - start, dataset)
+
+    if valid_acc is None:  # nothing trained now (--num_epochs 0, or already done)
+        valid_acc, test_acc = _evaluate(steps, dataset, config.data.eval_batch_size)
+    test_pred = predict(steps, dataset.test, config.data.eval_batch_size)
+    _report_misclassified(out, dataset, test_pred)
+    return _write_results(config, model, arc_text, int(epoch_var), valid_acc, test_acc,
+                          wall_before + time.time() - start, dataset)
+
+
+def _evaluate(steps, dataset, batch_size):
+    valid_acc = accuracy(predict(steps, dataset.valid, batch_size), dataset.valid.labels)
+    test_acc = accuracy(predict(steps, dataset.test, batch_size), dataset.test.labels)
+    print(f"valid_accuracy: {valid_acc:.4f}")
+    print(f"test_accuracy: {test_acc:.4f}")
+    return valid_acc, test_acc
+
+
+def _save_history(out: str, history: Dict) -> None:
+    run_dir.write_json_atomic(os.path.join(out, HISTORY_FILE), history)
+    epochs = history["epochs"]
+    evaluated = [e for e in epochs if "valid_accuracy" in e]
+    reporting.save_curves(os.path.join(out, "accuracy.png"), {
+        "train": [(e["epoch"], e["train_accuracy"]) for e in epochs],
+        "valid": [(e["epoch"], e["valid_accuracy"]) for e in evaluated],
+        "test": [(e["epoch"], e["test_accuracy"]) for e in evaluated]},
+        title="accuracy", ylabel="accuracy")
+    reporting.save_curves(os.path.join(out, "loss.png"), {
+        "train loss": [(e["epoch"], e["train_loss"]) for e in epochs]},
+        title="training loss (cross-entropy + 0.4 aux)", ylabel="loss")
+
+
+def _report_misclassified(out: str, dataset, test_pred: np.ndarray) -> None:
+    test = dataset.test
+    count = reporting.write_misclassified(os.path.join(out, "misclassified.csv"), test.paths,
+                                          test.labels, test_pred, dataset.class_names)
+    wrong = test_pred != test.labels
+    # Show the images as the model saw them, de-normalised back to [0, 1].
+    images = np.clip(test.images[wrong] * dataset.std + dataset.mean, 0.0, 1.0)
+    reporting.save_misclassified_grid(os.path.join(out, "misclassified.png"), images,
+                                      test.labels[wrong], test_pred[wrong], dataset.class_names)
+    print(f"{count} of {len(test.labels)} test images misclassified: "
+          f"{os.path.join(out, 'misclassified.csv')}")
+
+
+def _write_results(config, model, arc_text, epochs_done, valid_acc, test_acc, wall_time,
+                   dataset) -> Dict:
+    results = {
+        "arc": arc_text, "valid_accuracy": valid_acc, "test_accuracy": test_acc,
+        "params": model.num_params(), "aux_head_params": model.num_aux_params(),
+        "epochs_done": epochs_done, "num_epochs": config.run.num_epochs,
+        "wall_time_s": round(wall_time, 2), "class_names": dataset.class_names,
+        "num_train_images": int(len(dataset.train.labels)), "flags": config.flags,
+    }
+    run_dir.write_json_atomic(os.path.join(config.run.output_dir, run_dir.RESULTS_FILE), results)
+    return results

@@ -1,0 +1,271 @@
+"""The search loop (main_controller_child_trainer.py), spec sections 4 and 5.
+
+Each epoch: one pass of shared-child training, a fresh controller sample per
+step; the controller phase (REINFORCE; this loop owns the reward); 10 sampled
+arcs with their validation accuracy; valid and test accuracy of the shared
+child. The arcs seen each epoch are scored on the whole validation set and the
+best so far is written to best_arc.txt.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Dict, List
+
+import numpy as np
+import tensorflow as tf
+
+from src import arc as arc_lib
+from src import data as data_lib
+from src import reporting, run_dir
+from src.configs import SearchConfig
+from src.controller import Controller
+from src.controller_step import ReinforceTrainer, reward_from
+from src.shared_child import SharedChild
+from src.train_steps import SharedChildSteps, cosine_lr
+
+BEST_ARC_FILE = "best_arc.txt"
+ARC_HISTORY_FILE = "arc_history.json"
+HISTORY_FILE = "history.json"
+NUM_SHOWN_ARCS = 10
+
+
+@dataclasses.dataclass
+class SearchState:
+    """Everything the loop needs besides the data: models, steps, counters."""
+    child: SharedChild
+    child_steps: SharedChildSteps
+    controller: Controller
+    reinforce: ReinforceTrainer
+    epoch: tf.Variable
+    step: tf.Variable
+    controller_step: tf.Variable
+
+    def checkpoint(self) -> tf.train.Checkpoint:
+        return tf.train.Checkpoint(
+            child=self.child, child_optimizer=self.child_steps.optimizer,
+            controller=self.controller, reinforce=self.reinforce,
+            epoch=self.epoch, step=self.step, controller_step=self.controller_step)
+
+
+def build_state(config: SearchConfig) -> SearchState:
+    tf.random.set_seed(config.run.seed)
+    child = SharedChild(config.child)
+    controller = Controller(config.controller)
+    return SearchState(
+        child=child, child_steps=SharedChildSteps(child, config.optim),
+        controller=controller, reinforce=ReinforceTrainer(controller, config.controller),
+        epoch=tf.Variable(0, dtype=tf.int64, name="epoch"),
+        step=tf.Variable(0, dtype=tf.int64, name="step"),
+        controller_step=tf.Variable(0, dtype=tf.int64, name="controller_step"))
+
+
+def sample_arc(controller: Controller) -> List[int]:
+    arc, _, _ = controller.sample()
+    return [int(a) for a in arc.numpy()]
+
+
+def batch_accuracy(steps: SharedChildSteps, images, labels, arc) -> float:
+    return float(steps.count_correct(images, labels, arc)) / int(labels.shape[0])
+
+
+def split_accuracy(steps: SharedChildSteps, split: data_lib.Split, batch_size: int,
+                   arc=None, controller: Controller = None) -> float:
+    """Accuracy of the shared child on a whole split: with one given arc, or (as the
+    authors evaluate) a freshly sampled arc for every batch."""
+    correct = 0
+    for images, labels in data_lib.eval_batches(split, batch_size):
+        batch_arc = arc if arc is not None else sample_arc(controller)
+        correct += int(steps.count_correct(images, labels, batch_arc))
+    return correct / max(1, len(split.labels))
+
+
+def run(config: SearchConfig) -> Dict:
+    """Searches (or resumes a search); returns what results.json holds."""
+    out = config.run.output_dir
+    run_dir.prepare_output_dir(out, config.run.reset_output_dir)
+    with run_dir.Tee(out):
+        print(reporting.format_flags(config.flags))
+        dataset = data_lib.load_dataset(config.data)
+        config = dataclasses.replace(config, child=dataclasses.replace(
+            config.child, num_classes=dataset.num_classes, channel=config.data.channel,
+            img_size=config.data.img_size))
+        print(f"Classes ({dataset.num_classes}): {', '.join(dataset.class_names)}")
+        print(f"Images: train {len(dataset.train.labels)}, valid {len(dataset.valid.labels)}, "
+              f"test {len(dataset.test.labels)}")
+        return _search(config, dataset)
+
+
+def _search(config: SearchConfig, dataset) -> Dict:
+    out, run_cfg = config.run.output_dir, config.run
+    state = build_state(config)
+    print(f"Shared child has {state.child.num_params()} params (aux head excluded)")
+    checkpoint = state.checkpoint()
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(out, run_dir.CHECKPOINT_DIR),
+                                         max_to_keep=3)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        print(f"Resumed from {manager.latest_checkpoint} at epoch {int(state.epoch)}, "
+              f"baseline {float(state.reinforce.baseline):.6f}")
+    history = run_dir.read_json(os.path.join(out, HISTORY_FILE), default={"epochs": []})
+    arc_history = run_dir.read_json(os.path.join(out, ARC_HISTORY_FILE), default=[])
+    previous = run_dir.read_json(os.path.join(out, run_dir.RESULTS_FILE), default={})
+    wall_before = float(previous.get("wall_time_s", 0.0))
+    start = time.time()
+    train_data = data_lib.train_batches(dataset.train, config.data)
+    batches_per_epoch = data_lib.num_batches(len(dataset.train.labels), config.data.batch_size)
+    results = previous
+
+    for epoch in range(int(state.epoch), run_cfg.num_epochs):
+        lr = cosine_lr(epoch, config.optim)
+        state.child_steps.set_learning_rate(lr)
+        record = {"epoch": epoch + 1, "lr": lr}
+        record.update(_train_child_one_epoch(state, train_data, batches_per_epoch, epoch, lr,
+                                             run_cfg.log_every, start))
+        valid_iter = iter(data_lib.endless_shuffled_batches(
+            dataset.valid, config.data.eval_batch_size, seed=run_cfg.seed + epoch))
+        if (epoch + 1) % config.controller.train_every == 0:
+            record.update(_train_controller(state, valid_iter, config, start))
+        shown = _show_sampled_arcs(state, valid_iter)
+        arc_history += _score_arcs(state, shown, dataset.valid, config.data.eval_batch_size,
+                                   epoch + 1)
+        best = max(arc_history, key=lambda entry: entry["valid_accuracy"])
+        run_dir.write_text_atomic(os.path.join(out, BEST_ARC_FILE), best["arc"] + "\n")
+        run_dir.write_json_atomic(os.path.join(out, ARC_HISTORY_FILE), arc_history)
+        reporting.save_arc_picture(best["arc"], os.path.join(out, "best_arc.png"))
+        print(f"Best arc so far (valid accuracy {best['valid_accuracy']:.4f}, "
+              f"epoch {best['epoch']}): {best['arc']}")
+        if (epoch + 1) % run_cfg.eval_every_epochs == 0 or epoch + 1 == run_cfg.num_epochs:
+            record.update(_evaluate(state, dataset, config.data.eval_batch_size))
+        state.epoch.assign(epoch + 1)
+        manager.save(checkpoint_number=epoch + 1)
+        history["epochs"].append(record)
+        _save_history(out, history)
+        results = _write_results(config, state, best, wall_before + time.time() - start)
+    return results
+
+
+def child_step(state: SearchState, images, labels) -> Dict:
+    """One shared-child training step on a freshly sampled arc (no controller gradient)."""
+    return state.child_steps.train_step(images, labels, sample_arc(state.controller))
+
+
+def controller_update(state: SearchState, valid_iter, ctrl) -> Dict:
+    """One REINFORCE update from ctrl.num_aggregate sampled arcs, each rewarded with the
+    shared child's accuracy on one validation batch plus the entropy bonus."""
+    arcs, rewards, accuracies, entropies = [], [], [], []
+    for _ in range(ctrl.num_aggregate):
+        arc, _, entropy = state.controller.sample()
+        images, labels = next(valid_iter)
+        acc = batch_accuracy(state.child_steps, images, labels, [int(a) for a in arc.numpy()])
+        arcs.append(arc)
+        accuracies.append(acc)
+        entropies.append(float(entropy))
+        rewards.append(reward_from(acc, float(entropy), ctrl.entropy_weight))
+    metrics = dict(state.reinforce.update(tf.stack(arcs), tf.constant(rewards, tf.float32)))
+    metrics.update(rewards=rewards, accuracy=float(np.mean(accuracies)),
+                   entropy=float(np.mean(entropies)))
+    return metrics
+
+
+def _train_child_one_epoch(state: SearchState, train_data, batches_per_epoch: int, epoch: int,
+                           lr: float, log_every: int, start: float) -> Dict:
+    losses, correct, seen = [], 0, 0
+    bar = reporting.ProgressBar(batches_per_epoch, desc=f"epoch {epoch + 1} child")
+    for images, labels in train_data:
+        metrics = child_step(state, images, labels)
+        state.step.assign_add(1)
+        losses.append(float(metrics["loss"]))
+        correct += int(metrics["correct"])
+        seen += int(labels.shape[0])
+        if int(state.step) % log_every == 0:
+            bar.write(f"epoch={epoch + 1:<4d} ch_step={int(state.step):<7d} "
+                      f"loss={losses[-1]:.6f} lr={lr:.4e} |g|={float(metrics['grad_norm']):.4f} "
+                      f"tr_acc={int(metrics['correct']):>4d}/{int(labels.shape[0]):<4d} "
+                      f"mins={(time.time() - start) / 60:.2f}")
+        bar.update(loss=losses[-1])
+    bar.close()
+    return {"train_loss": float(np.mean(losses)), "train_accuracy": correct / max(1, seen)}
+
+
+def _train_controller(state: SearchState, valid_iter, config: SearchConfig, start: float) -> Dict:
+    """REINFORCE: reward = shared-child accuracy on one validation batch + entropy bonus."""
+    ctrl = config.controller
+    print(f"Epoch {int(state.epoch) + 1}: training controller")
+    rewards_seen = []
+    bar = reporting.ProgressBar(ctrl.train_steps, desc="controller")
+    for _ in range(ctrl.train_steps):
+        metrics = controller_update(state, valid_iter, ctrl)
+        rewards_seen += metrics["rewards"]
+        state.controller_step.assign_add(1)
+        bar.write(f"ctrl_step={int(state.controller_step):<6d} loss={float(metrics['loss']):.4f} "
+                  f"ent={metrics['entropy']:.2f} lr={ctrl.lr:.4f} "
+                  f"|g|={float(metrics['grad_norm']):.4f} acc={metrics['accuracy']:.4f} "
+                  f"bl={float(state.reinforce.baseline):.4f} "
+                  f"mins={(time.time() - start) / 60:.2f}")
+        bar.update()
+    bar.close()
+    return {"controller_mean_reward": float(np.mean(rewards_seen)),
+            "baseline": float(state.reinforce.baseline)}
+
+
+def _show_sampled_arcs(state: SearchState, valid_iter) -> List[Dict]:
+    """Samples 10 arcs and prints each with its accuracy on one validation batch."""
+    print(f"Here are {NUM_SHOWN_ARCS} architectures")
+    shown = []
+    for _ in range(NUM_SHOWN_ARCS):
+        arc = sample_arc(state.controller)
+        images, labels = next(valid_iter)
+        acc = batch_accuracy(state.child_steps, images, labels, arc)
+        normal, reduction = arc_lib.split_arc(arc)
+        print(f"{arc_lib.format_arc(normal)}\n{arc_lib.format_arc(reduction)}\nval_acc={acc:.4f}")
+        print("-" * 80)
+        shown.append({"arc": arc, "batch_accuracy": acc})
+    return shown
+
+
+def _score_arcs(state: SearchState, shown: List[Dict], valid: data_lib.Split, batch_size: int,
+                epoch: int) -> List[Dict]:
+    """Each arc of this epoch on the whole validation set (shared weights)."""
+    scored = []
+    for entry in shown:
+        acc = split_accuracy(state.child_steps, valid, batch_size, arc=entry["arc"])
+        scored.append({"epoch": epoch, "arc": arc_lib.format_arc(entry["arc"]),
+                       "valid_accuracy": acc, "batch_accuracy": entry["batch_accuracy"]})
+    return scored
+
+
+def _evaluate(state: SearchState, dataset, batch_size: int) -> Dict:
+    valid_acc = split_accuracy(state.child_steps, dataset.valid, batch_size,
+                               controller=state.controller)
+    test_acc = split_accuracy(state.child_steps, dataset.test, batch_size,
+                              controller=state.controller)
+    print(f"valid_accuracy: {valid_acc:.4f}")
+    print(f"test_accuracy: {test_acc:.4f}")
+    return {"valid_accuracy": valid_acc, "test_accuracy": test_acc}
+
+
+def _save_history(out: str, history: Dict) -> None:
+    run_dir.write_json_atomic(os.path.join(out, HISTORY_FILE), history)
+    epochs = history["epochs"]
+    evaluated = [e for e in epochs if "valid_accuracy" in e]
+    with_controller = [e for e in epochs if "controller_mean_reward" in e]
+    reporting.save_curves(os.path.join(out, "search.png"), {
+        "child train accuracy": [(e["epoch"], e["train_accuracy"]) for e in epochs],
+        "shared valid accuracy": [(e["epoch"], e["valid_accuracy"]) for e in evaluated],
+        "controller reward": [(e["epoch"], e["controller_mean_reward"]) for e in with_controller],
+        "baseline": [(e["epoch"], e["baseline"]) for e in with_controller]},
+        title="search (shared-child accuracies, not retrained ones)", ylabel="accuracy / reward")
+
+
+def _write_results(config: SearchConfig, state: SearchState, best: Dict, wall_time: float) -> Dict:
+    results = {
+        "best_arc": best["arc"], "best_arc_valid_accuracy": best["valid_accuracy"],
+        "best_arc_epoch": best["epoch"], "epochs_done": int(state.epoch),
+        "num_epochs": config.run.num_epochs, "shared_child_params": state.child.num_params(),
+        "baseline": float(state.reinforce.baseline), "wall_time_s": round(wall_time, 2),
+        "flags": config.flags,
+    }
+    run_dir.write_json_atomic(os.path.join(config.run.output_dir, run_dir.RESULTS_FILE), results)
+    return results

@@ -1,0 +1,279 @@
+"""Image folders -> arrays -> tf.data: loading, errors, offline and on-the-fly augmentation."""
+import os
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from src import data
+from src.configs import DataConfig
+from tests.conftest import ROOT
+
+
+def write_image(path, image) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    assert cv2.imwrite(str(path), image)
+    return str(path)
+
+
+def grey(value, height=8, width=8):
+    return np.full((height, width), value, np.uint8)
+
+
+def make_split(root, name, classes):
+    """Writes root/name/<class>/<i>.png from {class: [images]}; returns the folder."""
+    for class_name, images in classes.items():
+        for i, image in enumerate(images):
+            write_image(os.path.join(root, name, class_name, f"{i}.png"), image)
+    return os.path.join(root, name)
+
+
+def make_dataset_dirs(root, classes, valid=None, test=None):
+    """Three splits; valid and test default to the training classes."""
+    return dict(train_dir=make_split(root, "train", classes),
+                valid_dir=make_split(root, "valid", valid or classes),
+                test_dir=make_split(root, "test", test or classes))
+
+
+def three_grey_classes():
+    # Created out of order; each class has its own grey level so labels can be checked.
+    return {"b": [grey(100), grey(110, 20, 30)], "a": [grey(10), grey(20), grey(30)], "c": [grey(200)]}
+
+
+def config_for(dirs, **overrides):
+    base = dict(channel=1, img_size=12, n_aug_img=1, batch_size=4, random_crop=False, seed=0)
+    base.update(overrides)
+    return DataConfig(**dirs, **base)
+
+
+def pixels(dataset, images):
+    """Undoes the normalisation: pixels in [0, 1]."""
+    return images * dataset.std + dataset.mean
+
+
+def indexed_split(n, size=6):
+    """A split whose image i is filled with i and whose label is i."""
+    images = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None, None], (n, size, size, 1))
+    return data.Split(images=images.copy(), labels=np.arange(n, dtype=np.int32),
+                      paths=[f"{i}.png" for i in range(n)])
+
+
+def collect(dataset):
+    images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in dataset])
+    return np.concatenate(images), np.concatenate(labels)
+
+
+# ----------------------------------------------------------------------------
+# Loading
+
+
+def test_grey_loading_infers_sorted_classes_labels_and_resizes(tmp_path):
+    dirs = make_dataset_dirs(tmp_path, three_grey_classes())
+    write_image(tmp_path / "train" / "a" / ".hidden.png", grey(255))  # hidden: skipped
+    (tmp_path / "train" / "a" / "notes.txt").write_text("not an image")  # not an image: skipped
+    dataset = data.load_dataset(config_for(dirs), verbose=False)
+    assert dataset.class_names == ["a", "b", "c"] and dataset.num_classes == 3
+    train = dataset.train
+    assert train.images.shape == (6, 12, 12, 1) and train.images.dtype == np.float32
+    assert train.labels.dtype == np.int32
+    np.testing.assert_array_equal(train.labels, [0, 0, 0, 1, 1, 2])
+    assert [os.path.relpath(p, dirs["train_dir"]) for p in train.paths] == [
+        "a/0.png", "a/1.png", "a/2.png", "b/0.png", "b/1.png", "c/0.png"]
+    levels = pixels(dataset, train.images).mean(axis=(1, 2, 3)) * 255
+    np.testing.assert_allclose(levels, [10, 20, 30, 100, 110, 200], atol=0.5)
+
+
+def test_colour_loading_is_rgb(tmp_path):
+    blue_bgr = np.zeros((10, 10, 3), np.uint8)
+    blue_bgr[..., 0] = 255
+    path = write_image(tmp_path / "blue.png", blue_bgr)
+    rgb = data.read_image(path, channel=3, size=6)
+    assert rgb.shape == (6, 6, 3)
+    assert rgb[..., 2].min() == 255 and rgb[..., :2].max() == 0
+
+    dirs = make_dataset_dirs(tmp_path, {"blue": [blue_bgr], "black": [np.zeros_like(blue_bgr)]})
+    dataset = data.load_dataset(config_for(dirs, channel=3, img_size=6), verbose=False)
+    assert dataset.train.images.shape == (2, 6, 6, 3) and dataset.mean.shape == (3,)
+    blue = pixels(dataset, dataset.train.images[dataset.class_names.index("blue")])
+    np.testing.assert_allclose(blue.mean(axis=(0, 1)), [0, 0, 1], atol=1e-5)
+
+
+def test_resize_shrinks_and_grows():
+    assert data.resize_square(grey(5, 40, 30), 16).shape == (16, 16)
+    assert data.resize_square(grey(5, 4, 6), 16).shape == (16, 16)
+
+
+def test_mean_std_from_train_applied_to_all_splits(tmp_path):
+    rng = np.random.default_rng(0)
+    train = {"x": [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(4)]}
+    constant = {"x": [np.full((8, 8, 3), 128, np.uint8)]}
+    dirs = make_dataset_dirs(tmp_path, train, valid=constant, test=constant)
+    dataset = data.load_dataset(config_for(dirs, channel=3, img_size=8), verbose=False)
+    normalised = dataset.train.images.reshape(-1, 3)
+    np.testing.assert_allclose(normalised.mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(normalised.std(axis=0), 1, atol=1e-4)
+    expected = (128 / 255 - dataset.mean) / dataset.std  # train statistics, not valid's own
+    for split in (dataset.valid, dataset.test):
+        np.testing.assert_allclose(split.images[0, 0, 0], expected, rtol=1e-5)
+
+
+def test_offline_augmentation_multiplies_train_only(tmp_path):
+    rng = np.random.default_rng(0)
+    classes = {"x": [rng.integers(0, 256, (8, 8), dtype=np.uint8) for _ in range(3)], "y": [grey(50)]}
+    dirs = make_dataset_dirs(tmp_path, classes)
+    plain = data.load_dataset(config_for(dirs, img_size=8), verbose=False)
+    augmented = data.load_dataset(config_for(dirs, img_size=8, n_aug_img=3), verbose=False)
+    assert augmented.train.images.shape == (12, 8, 8, 1)
+    np.testing.assert_array_equal(augmented.train.labels, np.tile(plain.train.labels, 3))
+    assert augmented.train.paths == plain.train.paths * 3
+    assert len(augmented.valid.labels) == len(augmented.test.labels) == 4
+    # The originals come first, unchanged; the copies differ from them.
+    originals = pixels(augmented, augmented.train.images[:4])
+    np.testing.assert_allclose(originals, pixels(plain, plain.train.images), atol=1e-5)
+    assert not np.allclose(pixels(augmented, augmented.train.images[4:8]), originals, atol=0.05)
+    again = data.load_dataset(config_for(dirs, img_size=8, n_aug_img=3), verbose=False)
+    np.testing.assert_array_equal(again.train.images, augmented.train.images)  # seeded
+
+
+def test_offline_augmentation_flips_colour_only():
+    image = np.zeros((8, 8, 1), np.uint8)
+    rng = np.random.default_rng(0)
+    out = data.augment_image(image, rng, allow_flip=False)
+    assert out.shape == (8, 8, 1) and out.dtype == np.uint8
+    # A 3-channel image with a bright left half: some of 20 copies end up bright on the right.
+    colour = np.zeros((16, 16, 3), np.uint8)
+    colour[:, :8] = 255
+    copies = [data.augment_image(colour, rng, allow_flip=True) for _ in range(20)]
+    assert any(c[:, 12:].mean() > c[:, :4].mean() for c in copies)
+    assert not any(data.augment_image(colour, rng, allow_flip=False)[:, 12:].mean() > 128
+                   for _ in range(20))
+
+
+# ----------------------------------------------------------------------------
+# Errors
+
+
+def test_corrupt_image_is_named(tmp_path):
+    dirs = make_dataset_dirs(tmp_path, three_grey_classes())
+    bad = tmp_path / "train" / "b" / "broken.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(data.DataError, match="broken.png"):
+        data.load_dataset(config_for(dirs), verbose=False)
+
+
+def test_missing_and_empty_folders(tmp_path):
+    dirs = make_dataset_dirs(tmp_path, three_grey_classes())
+    with pytest.raises(data.DataError, match="not found.*nowhere"):
+        data.load_dataset(config_for({**dirs, "valid_dir": str(tmp_path / "nowhere")}), verbose=False)
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(data.DataError, match="no class subfolders.*flat"):
+        data.load_dataset(config_for({**dirs, "test_dir": str(tmp_path / "flat")}), verbose=False)
+    (tmp_path / "train" / "d").mkdir()
+    with pytest.raises(data.DataError, match="no images.*train.d"):
+        data.load_dataset(config_for(dirs), verbose=False)
+
+
+def test_class_mismatch_names_split_and_classes(tmp_path):
+    classes = three_grey_classes()
+    dirs = make_dataset_dirs(tmp_path, classes, test={"a": classes["a"], "z": classes["c"]})
+    with pytest.raises(data.DataError, match=r"test split.*missing \[b, c\].*extra \[z\]"):
+        data.load_dataset(config_for(dirs), verbose=False)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(channel=2), "channel"), (dict(n_aug_img=0), "n_aug_img"), (dict(img_size=0), "img_size")])
+def test_bad_config_values(tmp_path, overrides, message):
+    dirs = make_dataset_dirs(tmp_path, three_grey_classes())
+    with pytest.raises(data.DataError, match=message):
+        data.load_dataset(config_for(dirs, **overrides), verbose=False)
+
+
+# ----------------------------------------------------------------------------
+# Pipelines
+
+
+def test_train_batches_cover_every_example_once_and_reshuffle():
+    split = indexed_split(10)
+    batches = data.train_batches(split, DataConfig(batch_size=4, random_crop=False))
+    first = [(x.numpy(), y.numpy()) for x, y in batches]
+    assert [len(y) for _, y in first] == [4, 4, 2] == [len(x) for x, _ in first]
+    assert first[0][0].shape[1:] == (6, 6, 1) and first[0][0].dtype == np.float32
+    assert first[0][1].dtype == np.int32
+    images, labels = collect(batches)  # a second epoch from the same dataset
+    first_labels = np.concatenate([y for _, y in first])
+    assert sorted(first_labels) == sorted(labels) == list(range(10))
+    assert not np.array_equal(first_labels, labels)
+    np.testing.assert_array_equal(images[:, 0, 0, 0], labels)  # images travel with labels
+    assert data.num_batches(10, 4) == 3 and data.num_batches(8, 4) == 2
+
+
+def test_train_batches_are_reproducible_from_the_seed():
+    config = DataConfig(batch_size=4, random_crop=True, random_flip=True, cutout_size=2, seed=3)
+    split = indexed_split(10)
+    first, second = collect(data.train_batches(split, config)), collect(data.train_batches(split, config))
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+
+
+def test_random_crop_keeps_shape_and_shifts_content():
+    ones = tf.ones([32, 10, 10, 1])
+    cropped = data.random_crop(ones, tf.constant([1, 2], tf.int64), pad=4).numpy()
+    assert cropped.shape == (32, 10, 10, 1)
+    assert set(np.unique(cropped)) <= {0.0, 1.0}
+    kept = cropped.sum(axis=(1, 2, 3))
+    assert kept.min() >= 6 * 6 and kept.max() == 100 and kept.min() < 100
+    split = indexed_split(5, size=10)
+    images, _ = collect(data.train_batches(split, DataConfig(batch_size=2, random_crop=True)))
+    assert images.shape == (5, 10, 10, 1)
+
+
+def test_random_flip_mirrors_some_images():
+    image = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+    flipped = data.random_flip(tf.constant(np.repeat(image, 32, axis=0)), tf.constant([0, 1], tf.int64))
+    mirrored = [np.array_equal(x, image[0, :, ::-1]) for x in flipped.numpy()]
+    unchanged = [np.array_equal(x, image[0]) for x in flipped.numpy()]
+    assert all(m or u for m, u in zip(mirrored, unchanged)) and any(mirrored) and any(unchanged)
+
+
+def test_cutout_zeros_a_square_clipped_at_the_border():
+    out = data.cutout(tf.ones([64, 16, 16, 2]), tf.constant([5, 6], tf.int64), size=4).numpy()
+    for image in out:
+        rows, cols = np.nonzero(image[..., 0] == 0)
+        assert 2 <= np.ptp(rows) + 1 <= 4 and 2 <= np.ptp(cols) + 1 <= 4
+        assert len(rows) == (np.ptp(rows) + 1) * (np.ptp(cols) + 1)  # a filled rectangle
+        np.testing.assert_array_equal(image[..., 0], image[..., 1])  # all channels
+    assert any(np.sum(image == 0) == 16 * 2 for image in out)  # an unclipped 4 x 4 square
+
+
+def test_eval_batches_keep_order():
+    split = indexed_split(7)
+    batches = list(data.eval_batches(split, 3))
+    assert [len(y) for _, y in batches] == [3, 3, 1]
+    images, labels = collect(data.eval_batches(split, 3))
+    np.testing.assert_array_equal(labels, split.labels)
+    np.testing.assert_array_equal(images, split.images)
+
+
+def test_endless_shuffled_batches_are_full_and_never_end():
+    it = iter(data.endless_shuffled_batches(indexed_split(10), 4, seed=0))
+    labels = [next(it)[1].numpy() for _ in range(10)]  # 40 examples > 10
+    assert all(len(y) == 4 for y in labels)
+    small = iter(data.endless_shuffled_batches(indexed_split(3), 8, seed=0))
+    x, y = next(small)
+    assert x.shape[0] == 3 and sorted(y.numpy()) == [0, 1, 2]
+
+
+# ----------------------------------------------------------------------------
+# The bundled data
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(ROOT, "data", "train")), reason="no bundled data")
+def test_bundled_data_loads():
+    dirs = {name: os.path.join(ROOT, "data", split)
+            for name, split in (("train_dir", "train"), ("valid_dir", "valid"), ("test_dir", "test"))}
+    dataset = data.load_dataset(DataConfig(**dirs), verbose=False)
+    assert dataset.class_names == [str(i) for i in range(10)]
+    assert [len(s.labels) for s in (dataset.train, dataset.valid, dataset.test)] == [3500, 500, 1000]
+    assert dataset.train.images.shape == (3500, 32, 32, 1)
+    assert np.bincount(dataset.train.labels).tolist() == [350] * 10
