@@ -7,17 +7,17 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from absl import flags
+from absl import flags, logging
 
 from src.arc import ArcError
-from src.configs import ChildConfig, DataConfig, OptimConfig, RunConfig
+from src.configs import ChildConfig, ConfigError, DataConfig, OptimConfig, RunConfig
 from src.data import DataError
 from src.run_dir import OutputDirError
 
 FLAGS = flags.FLAGS
 
 # Errors that stop a run before training with a one-line message and exit 2.
-USER_ERRORS = (ArcError, DataError, OutputDirError, ValueError, FileNotFoundError)
+USER_ERRORS = (ArcError, ConfigError, DataError, OutputDirError)
 
 
 def define_common_flags(*, output_dir: str, num_epochs: int, num_layers: int, out_filters: int,
@@ -105,6 +105,7 @@ def flag_values() -> dict:
 
 def run_or_exit(run: Callable[[], object]) -> None:
     """Runs; a user error (bad arc, data, folder, flag value) prints one line, exits 2."""
+    logging.set_verbosity(logging.WARNING)  # TensorFlow's checkpoint chatter
     try:
         run()
     except USER_ERRORS as error:

@@ -3,9 +3,13 @@
     python main_child_trainer.py --child_fixed_arc "1 2 1 3 0 1 0 4 ..."
     python main_child_trainer.py --child_fixed_arc_file output/search/best_arc.txt
 """
-from absl import app, flags
+import os
 
-import cli_common
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep the log for the run's own lines
+
+from absl import app, flags  # noqa: E402
+
+import cli_common  # noqa: E402
 from src import fixed_train
 from src.arc import DEFAULT_ARC, ArcError
 from src.configs import FixedTrainConfig

@@ -4,9 +4,13 @@ trains on them, REINFORCE rewards the arcs that classify the validation set well
     python main_controller_child_trainer.py
     python main_child_trainer.py --child_fixed_arc_file output/search/best_arc.txt
 """
-from absl import app, flags
+import os
 
-import cli_common
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep the log for the run's own lines
+
+from absl import app, flags  # noqa: E402
+
+import cli_common  # noqa: E402
 from src import search
 from src.configs import ControllerConfig, SearchConfig
 

@@ -5,6 +5,15 @@ import dataclasses
 from typing import Any, Dict, Optional
 
 
+class ConfigError(ValueError):
+    """A setting out of its range; the message names it in one line."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     train_dir: str = "data/train"
@@ -33,6 +42,17 @@ class ChildConfig:
     use_aux_heads: bool = True
     keep_prob: float = 0.8
     drop_path_keep_prob: float = 0.6
+
+    def __post_init__(self):
+        _require(self.num_reductions in (2, 3),
+                 f"--child_num_reductions must be 2 or 3, got {self.num_reductions}")
+        _require(self.num_layers >= 1, f"--child_num_layers must be >= 1, got {self.num_layers}")
+        _require(self.num_cells >= 1, f"--child_num_cells must be >= 1, got {self.num_cells}")
+        _require(self.out_filters >= 2 and self.out_filters % 2 == 0,
+                 f"--child_out_filters must be even and >= 2, got {self.out_filters}")
+        _require(0.0 < self.keep_prob <= 1.0, f"--child_keep_prob must be in (0, 1], got {self.keep_prob}")
+        _require(0.0 < self.drop_path_keep_prob <= 1.0,
+                 f"--child_drop_path_keep_prob must be in (0, 1], got {self.drop_path_keep_prob}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +83,12 @@ class ControllerConfig:
     train_every: int = 1
     seed: int = 0
 
+    def __post_init__(self):
+        _require(self.num_aggregate >= 1,
+                 f"--controller_num_aggregate must be >= 1, got {self.num_aggregate}")
+        _require(self.train_steps >= 0, f"--controller_train_steps must be >= 0, got {self.train_steps}")
+        _require(self.train_every >= 1, f"--controller_train_every must be >= 1, got {self.train_every}")
+
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
@@ -74,6 +100,12 @@ class RunConfig:
     eval_every_epochs: int = 1
     seed: int = 0
     progress: bool = True
+
+    def __post_init__(self):
+        _require(self.num_epochs >= 0, f"--num_epochs must be >= 0, got {self.num_epochs}")
+        _require(self.log_every >= 1, f"--log_every must be >= 1, got {self.log_every}")
+        _require(self.eval_every_epochs >= 1,
+                 f"--eval_every_epochs must be >= 1, got {self.eval_every_epochs}")
 
 
 @dataclasses.dataclass(frozen=True)

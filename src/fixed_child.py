@@ -80,9 +80,10 @@ class FixedCell(tf.Module):
             self.ops.append([FixedOp(op, out_c, out_c, stride if input_id in (0, 1) else 1)
                              for input_id, op in ((x_id, x_op), (y_id, y_op))])
         self.unused = arc_lib.unused_ids(cell)
-        # Unused cell inputs (ids 0, 1) are still full size in a reduction cell.
-        self.combine_reduce = {i: FactorizedReduction(out_c, out_c)
-                               for i in self.unused if i in (0, 1) and stride > 1}
+        # Unused cell inputs (ids 0, 1) are still full size in a reduction cell: one
+        # factorized reduction each (a list, as checkpoints want string dict keys).
+        self.combine_reduce = [FactorizedReduction(out_c, out_c) if i in (0, 1) and stride > 1
+                               else None for i in self.unused]
         self.out_shape: Shape = (self.out_hw, len(self.unused) * out_c)
 
     def __call__(self, prev0, prev1, training: bool, progress):
@@ -92,8 +93,8 @@ class FixedCell(tf.Module):
             out_x = self._maybe_drop_path(op_x(states[x_id], training), x_op, training, progress)
             out_y = self._maybe_drop_path(op_y(states[y_id], training), y_op, training, progress)
             states.append(out_x + out_y)
-        outs = [self.combine_reduce[i](states[i], training) if i in self.combine_reduce else states[i]
-                for i in self.unused]
+        outs = [states[i] if reduce is None else reduce(states[i], training)
+                for i, reduce in zip(self.unused, self.combine_reduce)]
         return tf.concat(outs, axis=3)  # [N, out_hw, out_hw, len(unused) * out_c]
 
     def _maybe_drop_path(self, x, op: int, training: bool, progress):

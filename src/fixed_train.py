@@ -62,8 +62,6 @@ def run(config: FixedTrainConfig) -> Dict:
         dataset = data_lib.load_dataset(config.data)
         child_config = _child_config_for(config, dataset)
         print(f"Classes ({dataset.num_classes}): {', '.join(dataset.class_names)}")
-        print(f"Images: train {len(dataset.train.labels)}, valid {len(dataset.valid.labels)}, "
-              f"test {len(dataset.test.labels)}")
         return _train(config, child_config, arc, arc_text, dataset, resumed)
 
 

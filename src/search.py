@@ -92,8 +92,6 @@ def run(config: SearchConfig) -> Dict:
             config.child, num_classes=dataset.num_classes, channel=config.data.channel,
             img_size=config.data.img_size))
         print(f"Classes ({dataset.num_classes}): {', '.join(dataset.class_names)}")
-        print(f"Images: train {len(dataset.train.labels)}, valid {len(dataset.valid.labels)}, "
-              f"test {len(dataset.test.labels)}")
         return _search(config, dataset)
 
 

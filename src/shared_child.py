@@ -93,13 +93,14 @@ class NodeInput(tf.Module):
 
     def __init__(self, num_inputs: int, channels: int):
         super().__init__()
-        self.sep_convs = {op: SharedSepConv(k, num_inputs, channels)
-                          for op, k in arc_lib.SEP_CONV_KERNELS.items()}
+        # A list indexed by op id (0: 3x3, 1: 5x5); checkpoints need string keys for dicts.
+        self.sep_convs = [SharedSepConv(arc_lib.SEP_CONV_KERNELS[op], num_inputs, channels)
+                          for op in sorted(arc_lib.SEP_CONV_KERNELS)]
 
     def op(self, op: int, x, input_id):
         """Output of candidate `op` (a Python int) on x; pools and identity need no weights
         because calibration already brought every input to the cell's channels."""
-        if op in self.sep_convs:
+        if op in arc_lib.SEP_CONV_KERNELS:
             return self.sep_convs[op](x, input_id)
         if op == arc_lib.AVG_POOL:
             return compiled_avg_pool(x)

@@ -83,3 +83,17 @@ def test_batch_norm_moving_statistics_update_in_training_only(tiny_config):
     np.testing.assert_allclose(bn.moving_mean, before)
     model(tf.random.normal([4, 16, 16, 1]) + 3.0, training=True)
     assert not np.allclose(bn.moving_mean, before)
+
+
+def test_reduction_cell_with_unused_inputs_reduces_them_and_checkpoints(tmp_path):
+    # Reduction cell: every node reads node 2 or later except node 2 (reads id 1 only),
+    # so id 0 is unused and must be factorized-reduced before the concat.
+    reduction = [1, 0, 1, 4] + [2, 4, 2, 2] * 4
+    arc = list(REFERENCE_ARC[:20]) + reduction
+    model = FixedChild(tiny_child_config(), arc)
+    assert arc_lib.unused_ids(reduction) == [0, 3, 4, 5, 6]
+    logits, _ = model(tf.random.normal([2, 16, 16, 1]), training=True, progress=1.0)
+    assert logits.shape == (2, 3)
+    assert model.layer_shapes[1] == (8, 5 * 8)
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    assert tf.train.list_variables(path)
