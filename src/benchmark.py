@@ -31,7 +31,7 @@ from src import search  # noqa: E402
 from src.configs import ChildConfig, ControllerConfig, OptimConfig, SearchConfig  # noqa: E402
 from src.configs import DataConfig, RunConfig  # noqa: E402
 from src.fixed_child import FixedChild  # noqa: E402
-from src.shared_child import dispatch_all_ops, shared_sep_conv  # noqa: E402
+from src.shared_child import dispatch_all_ops  # noqa: E402
 from src.train_steps import FixedChildSteps  # noqa: E402
 
 IMG_SIZE, CHANNELS, NUM_CLASSES = 32, 1, 10
@@ -80,16 +80,10 @@ def median_time(fn, steps: int, warmup: int) -> float:
 
 def tracing_count(state: search.SearchState) -> int:
     """tf.function traces so far, over every compiled piece of the search."""
-    functions = [shared_sep_conv, state.child_steps._apply]
-    functions += [f for f in vars(state.controller).values() if hasattr(f, "experimental_get_tracing_count")]
-    functions += [f for f in vars(state.reinforce).values() if hasattr(f, "experimental_get_tracing_count")]
-    functions += [getattr(type(state.controller), "sample", None), state.controller.sample]
-    seen, total = set(), 0
-    for f in functions:
-        if hasattr(f, "experimental_get_tracing_count") and id(f) not in seen:
-            seen.add(id(f))
-            total += f.experimental_get_tracing_count()
-    return total
+    functions = state.child.compiled_functions() + [
+        state.child_steps._apply, state.controller.sample, state.controller.log_prob_and_entropy,
+        state.reinforce.train_step]
+    return sum(f.experimental_get_tracing_count() for f in functions)
 
 
 def measure_sampled_search(batch_size: int, steps: int, ctrl_steps: int) -> dict:

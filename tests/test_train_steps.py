@@ -5,7 +5,7 @@ import tensorflow as tf
 from src import arc as arc_lib
 from src.configs import OptimConfig
 from src.fixed_child import FixedChild
-from src.train_steps import FixedChildSteps, cosine_lr, regularize_and_clip
+from src.train_steps import FixedChildSteps, NesterovSGD, cosine_lr
 from tests.conftest import tiny_child_config
 
 
@@ -21,19 +21,38 @@ def test_cosine_schedule_with_warm_restarts():
     assert cosine_lr(20, optim) == pytest.approx(0.0001 + 0.5 * (0.05 - 0.0001))  # mid of 10..29
 
 
+def sgd(variables, **optim):
+    base = dict(lr_max=1.0, momentum=0.0, l2_reg=0.0, grad_bound=0.0)
+    base.update(optim)
+    return NesterovSGD(variables, OptimConfig(**base))
+
+
 def test_clipping_clips_every_tensor_and_reports_the_unclipped_norm():
-    variables = [tf.Variable(tf.zeros([3])), tf.Variable(tf.zeros([2]))]
-    grads = [tf.constant([30.0, 40.0, 0.0]), tf.constant([0.3, 0.4])]
-    clipped, norm = regularize_and_clip(grads, variables, l2_reg=0.0, grad_bound=5.0)
-    np.testing.assert_allclose(clipped[0], [3.0, 4.0, 0.0], rtol=1e-6)
-    np.testing.assert_allclose(clipped[1], [0.3, 0.4], rtol=1e-6)
+    variables = [tf.Variable(tf.zeros([3])), tf.Variable(tf.zeros([2, 1]))]
+    grads = [tf.constant([30.0, 40.0, 0.0]), tf.constant([[0.3], [0.4]])]
+    norm = sgd(variables, grad_bound=5.0).apply(grads)  # lr 1, no momentum: w = -clipped g
+    np.testing.assert_allclose(variables[0], [-3.0, -4.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(variables[1], [[-0.3], [-0.4]], rtol=1e-6)
     assert float(norm) == pytest.approx(np.sqrt(50.0 ** 2 + 0.5 ** 2), rel=1e-5)
 
 
 def test_l2_gradient_is_added_before_clipping():
     variables = [tf.Variable([1.0, -2.0])]
-    clipped, _ = regularize_and_clip([tf.zeros([2])], variables, l2_reg=0.1, grad_bound=0.0)
-    np.testing.assert_allclose(clipped[0], [0.2, -0.4], rtol=1e-6)
+    sgd(variables, lr_max=0.5, l2_reg=0.1).apply([tf.zeros([2])])
+    np.testing.assert_allclose(variables[0], [1.0 - 0.5 * 0.2, -2.0 + 0.5 * 0.4], rtol=1e-6)
+
+
+def test_nesterov_momentum_follows_tf1_semantics():
+    w = tf.Variable([1.0, 2.0])
+    optimizer = sgd([w], lr_max=0.1, momentum=0.9)
+    apply = tf.function(optimizer.apply)
+    expected, accum = np.array([1.0, 2.0]), np.zeros(2)
+    for g in ([1.0, -1.0], [0.5, 2.0], [-1.0, 0.0]):
+        apply([tf.constant(g)])
+        accum = 0.9 * accum + np.array(g)
+        expected = expected - 0.1 * (np.array(g) + 0.9 * accum)
+        np.testing.assert_allclose(w, expected, rtol=1e-6)
+    assert int(optimizer.iterations) == 3
 
 
 def test_fixed_train_step_learns_a_tiny_batch_and_traces_once():
