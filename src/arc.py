@@ -101,6 +101,24 @@ def random_arc(rng: random.Random, num_cells: int = NUM_CELLS) -> Tuple[int, ...
     return tuple(arc)
 
 
+def warm_up_arcs(num_cells: int = NUM_CELLS) -> List[Tuple[int, ...]]:
+    """Two arcs that between them run every op on every kind of input in both cells,
+    with different numbers of concatenated nodes: enough to trace every compiled
+    piece of the shared child before timing or training starts."""
+    arcs = []
+    for offset in range(2):
+        cell = []
+        for node in range(num_cells):
+            x_op = (2 * node + offset) % NUM_BRANCHES
+            y_op = (2 * node + 1 + offset) % NUM_BRANCHES
+            # The first arc chains the nodes (one node concatenated), the second
+            # feeds every node from the cell inputs (all nodes concatenated).
+            x_id = node + 1 if offset == 0 else 0
+            cell += [x_id, x_op, 1, y_op]
+        arcs.append(tuple(cell * 2))
+    return arcs
+
+
 def reduction_layer_ids(num_layers: int, num_reductions: int) -> List[int]:
     """Ids (out of 0 .. num_layers + 1) of the reduction layers.
 

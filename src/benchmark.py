@@ -1,7 +1,7 @@
 """Speed and memory of the search and of the fixed child, on synthetic data.
 
     python -m src.benchmark           # default search config, a few minutes on 2 cores
-    python -m src.benchmark --quick   # smaller batch and fewer steps, under a minute
+    python -m src.benchmark --quick   # a small configuration, under a minute (smoke run)
 
 The sampled-op search steps and controller updates run in a process of their
 own (so peak_rss_mb and startup_s are theirs alone); the all-ops reference
@@ -13,6 +13,7 @@ JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -34,7 +35,27 @@ from src.fixed_child import FixedChild  # noqa: E402
 from src.shared_child import dispatch_all_ops  # noqa: E402
 from src.train_steps import FixedChildSteps  # noqa: E402
 
-IMG_SIZE, CHANNELS, NUM_CLASSES = 32, 1, 10
+CHANNELS, NUM_CLASSES = 1, 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What to build and how many steps to time. The default is the issue's
+    configuration; --quick only shows that the benchmark works."""
+    batch_size: int = 128
+    img_size: int = 32
+    search_layers: int = 6
+    search_filters: int = 20
+    fixed_layers: int = 15
+    fixed_filters: int = 16
+    search_steps: int = 10
+    ctrl_steps: int = 3
+    all_ops_steps: int = 5
+    fixed_steps: int = 5
+
+
+QUICK = Plan(batch_size=16, img_size=16, search_layers=2, search_filters=8, fixed_layers=3,
+             fixed_filters=8, search_steps=2, ctrl_steps=1, all_ops_steps=1, fixed_steps=1)
 
 
 def process_start_time() -> float:
@@ -49,19 +70,21 @@ def process_start_time() -> float:
         return _PROCESS_START
 
 
-def search_config(batch_size: int) -> SearchConfig:
-    """The default search configuration (6 layers, 20 filters, paper layout, aux heads)."""
+def search_config(plan: Plan) -> SearchConfig:
+    """The search configuration (default: 6 layers, 20 filters, paper layout, aux heads)."""
     return SearchConfig(
-        data=DataConfig(batch_size=batch_size, eval_batch_size=batch_size),
-        child=ChildConfig(num_classes=NUM_CLASSES, channel=CHANNELS, img_size=IMG_SIZE,
-                          num_layers=6, out_filters=20, keep_prob=0.9),
+        data=DataConfig(batch_size=plan.batch_size, eval_batch_size=plan.batch_size),
+        child=ChildConfig(num_classes=NUM_CLASSES, channel=CHANNELS, img_size=plan.img_size,
+                          num_layers=plan.search_layers, out_filters=plan.search_filters,
+                          keep_prob=0.9),
         optim=OptimConfig(lr_max=0.05, lr_min=0.0005, l2_reg=1e-4),
         controller=ControllerConfig(), run=RunConfig())
 
 
-def synthetic_batches(batch_size: int, seed: int):
+def synthetic_batches(plan: Plan, seed: int):
     """An endless iterator of random (images, labels) batches, prefetched."""
-    images = tf.random.stateless_normal([4 * batch_size, IMG_SIZE, IMG_SIZE, CHANNELS], [seed, 0])
+    batch_size, size = plan.batch_size, plan.img_size
+    images = tf.random.stateless_normal([4 * batch_size, size, size, CHANNELS], [seed, 0])
     labels = tf.random.stateless_uniform([4 * batch_size], [seed, 1], 0, NUM_CLASSES, tf.int32)
     data = tf.data.Dataset.from_tensor_slices((images, labels)).repeat().batch(batch_size)
     return iter(data.prefetch(tf.data.AUTOTUNE))
@@ -86,11 +109,11 @@ def tracing_count(state: search.SearchState) -> int:
     return sum(f.experimental_get_tracing_count() for f in functions)
 
 
-def measure_sampled_search(batch_size: int, steps: int, ctrl_steps: int) -> dict:
+def measure_sampled_search(plan: Plan) -> dict:
     """The sampled-op search steps and controller updates (run in their own process)."""
-    config = search_config(batch_size)
+    config = search_config(plan)
     state = search.build_state(config)
-    train, valid = synthetic_batches(batch_size, 0), synthetic_batches(batch_size, 1)
+    train, valid = synthetic_batches(plan, 0), synthetic_batches(plan, 1)
 
     def child_step():
         images, labels = next(train)
@@ -98,21 +121,28 @@ def measure_sampled_search(batch_size: int, steps: int, ctrl_steps: int) -> dict
 
     child_step()
     startup = time.time() - process_start_time()
-    for _ in range(3):  # warm-up: every shape the compiled pieces see
-        child_step()
-    traces = tracing_count(state)
-    search_step = median_time(child_step, steps, warmup=0)
+    # Warm-up: every compiled piece at every shape, then one of each measured call.
+    state.child_steps.warm_up(*next(train))
     images, labels = next(valid)
     arc = search.sample_arc(state.controller)
-    valid_forward = median_time(lambda: float(state.child_steps.count_correct(images, labels, arc)),
-                                steps, warmup=1)
-    controller_update = median_time(
-        lambda: search.controller_update(state, valid, config.controller), ctrl_steps, warmup=1)
+
+    def valid_forward():
+        float(state.child_steps.count_correct(images, labels, arc))
+
+    def controller_update():
+        search.controller_update(state, valid, config.controller)
+
+    for warm_up in (child_step, valid_forward, controller_update):
+        warm_up()
+    traces = tracing_count(state)
+    search_step = median_time(child_step, plan.search_steps, warmup=0)
+    valid_forward_s = median_time(valid_forward, plan.search_steps, warmup=0)
+    controller_update_s = median_time(controller_update, plan.ctrl_steps, warmup=0)
     return {
         "search_step_s": search_step,
-        "search_images_per_s": batch_size / search_step,
-        "valid_forward_s": valid_forward,
-        "controller_update_s": controller_update,
+        "search_images_per_s": plan.batch_size / search_step,
+        "valid_forward_s": valid_forward_s,
+        "controller_update_s": controller_update_s,
         "startup_s": startup,
         "traces_after_warmup": tracing_count(state) - traces,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -120,32 +150,32 @@ def measure_sampled_search(batch_size: int, steps: int, ctrl_steps: int) -> dict
     }
 
 
-def measure_all_ops_search(batch_size: int, steps: int) -> float:
+def measure_all_ops_search(plan: Plan) -> float:
     """The same search step computing all five ops of every node and selecting."""
-    state = search.build_state(search_config(batch_size))  # same seed: same weights, same arcs
+    state = search.build_state(search_config(plan))  # same seed: same initial weights
     state.child.dispatch = dispatch_all_ops
-    train = synthetic_batches(batch_size, 0)
+    train = synthetic_batches(plan, 0)
 
     def child_step():
         images, labels = next(train)
         float(search.child_step(state, images, labels)["loss"])
 
-    return median_time(child_step, steps, warmup=1)
+    return median_time(child_step, plan.all_ops_steps, warmup=1)
 
 
-def measure_fixed_child(batch_size: int, steps: int) -> float:
-    """The reference arc, 15 layers, 16 filters, 32x32x1 (the final-training model)."""
-    config = ChildConfig(num_classes=NUM_CLASSES, channel=CHANNELS, img_size=IMG_SIZE,
-                         num_layers=15, out_filters=16)
+def measure_fixed_child(plan: Plan) -> float:
+    """The reference arc (default: 15 layers, 16 filters, 32x32x1, the final model)."""
+    config = ChildConfig(num_classes=NUM_CLASSES, channel=CHANNELS, img_size=plan.img_size,
+                         num_layers=plan.fixed_layers, out_filters=plan.fixed_filters)
     model = FixedChild(config, arc_lib.parse_arc(arc_lib.DEFAULT_ARC))
-    fixed = FixedChildSteps(model, OptimConfig(), [IMG_SIZE, IMG_SIZE, CHANNELS])
-    train = synthetic_batches(batch_size, 2)
+    fixed = FixedChildSteps(model, OptimConfig(), [plan.img_size, plan.img_size, CHANNELS])
+    train = synthetic_batches(plan, 2)
 
     def step():
         images, labels = next(train)
         float(fixed.train_step(images, labels, tf.constant(0.5))["loss"])
 
-    return median_time(step, steps, warmup=1)
+    return median_time(step, plan.fixed_steps, warmup=1)
 
 
 def device_name() -> str:
@@ -166,33 +196,27 @@ def run_sampled_worker(args) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def plan(quick: bool) -> dict:
-    if quick:
-        return dict(batch_size=32, search_steps=3, ctrl_steps=1, all_ops_steps=2, fixed_steps=2)
-    return dict(batch_size=128, search_steps=10, ctrl_steps=3, all_ops_steps=5, fixed_steps=5)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="batch 32, few steps (CI smoke run)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a small configuration and few steps: shows the benchmark works")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    p = plan(args.quick)
+    plan = QUICK if args.quick else Plan()
     if args.worker:
-        print(json.dumps(measure_sampled_search(p["batch_size"], p["search_steps"], p["ctrl_steps"])))
+        print(json.dumps(measure_sampled_search(plan)))
         return
-    print(f"benchmark: batch {p['batch_size']}, sampled-op search in a separate process ...",
-          flush=True)
+    print(f"benchmark: {plan}; sampled-op search in a separate process ...", flush=True)
     figures = run_sampled_worker(args)
     print(f"  search step {figures['search_step_s']:.3f} s; all-ops reference ...", flush=True)
-    figures["search_step_all_ops_s"] = measure_all_ops_search(p["batch_size"], p["all_ops_steps"])
+    figures["search_step_all_ops_s"] = measure_all_ops_search(plan)
     print(f"  all-ops step {figures['search_step_all_ops_s']:.3f} s; fixed child ...", flush=True)
-    figures["fixed_step_s"] = measure_fixed_child(p["batch_size"], p["fixed_steps"])
+    figures["fixed_step_s"] = measure_fixed_child(plan)
     figures.update(
-        fixed_images_per_s=p["batch_size"] / figures["fixed_step_s"],
+        fixed_images_per_s=plan.batch_size / figures["fixed_step_s"],
         all_ops_over_sampled=figures["search_step_all_ops_s"] / figures["search_step_s"],
         controller_over_10_forwards=figures["controller_update_s"] / (10 * figures["valid_forward_s"]),
-        batch_size=p["batch_size"], quick=args.quick, device=device_name(),
+        batch_size=plan.batch_size, quick=args.quick, device=device_name(),
         tf_version=tf.__version__, cpu_count=os.cpu_count())
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
                       for k, v in sorted(figures.items())}))

@@ -33,14 +33,6 @@ def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(predictions == labels)) if len(labels) else 0.0
 
 
-def format_train_line(epoch: int, step: int, metrics: Dict, lr: float, batch: int,
-                      start: float) -> str:
-    return (f"epoch={epoch:<4d} ch_step={step:<7d} loss={float(metrics['loss']):.6f} "
-            f"lr={lr:.4e} |g|={float(metrics['grad_norm']):.4f} "
-            f"tr_acc={int(metrics['correct']):>4d}/{batch:<4d} "
-            f"mins={(time.time() - start) / 60:.2f}")
-
-
 def check_resumable(output_dir: str, arc: str) -> None:
     """A checkpoint made for another arc cannot be resumed; never overwrite it."""
     previous = run_dir.read_json(os.path.join(output_dir, run_dir.RESULTS_FILE), default={})
@@ -113,8 +105,10 @@ def _train(config, child_config, arc, arc_text, dataset, resumed) -> Dict:
             correct += int(metrics["correct"])
             seen += int(labels.shape[0])
             if int(step_var) % run_cfg.log_every == 0:
-                bar.write(format_train_line(epoch + 1, int(step_var), metrics, lr,
-                                            int(labels.shape[0]), start))
+                bar.write(reporting.format_train_line(
+                    epoch + 1, int(step_var), losses[-1], lr, float(metrics["grad_norm"]),
+                    int(metrics["correct"]), int(labels.shape[0]), (time.time() - start) / 60,
+                    bar.eta()))
             bar.update(loss=losses[-1])
         bar.close()
         epoch_var.assign(epoch + 1)

@@ -42,6 +42,14 @@ def format_flags(flags: Dict) -> str:
     return "\n".join(lines)
 
 
+def format_train_line(epoch: int, step: int, loss: float, lr: float, grad_norm: float,
+                      correct: int, batch: int, minutes: float, eta: str) -> str:
+    """A child training log line, in the image-folder variant's layout (plus the ETA)."""
+    return (f"epoch={epoch:<4d} ch_step={step:<7d} loss={loss:.6f} lr={lr:.4e} "
+            f"|g|={grad_norm:.4f} tr_acc={correct:>4d}/{batch:<4d} mins={minutes:.2f} "
+            f"epoch_eta={eta}")
+
+
 def format_duration(seconds: float) -> str:
     """A short duration: '12s', '3m05s', '1h02m'; '?' when unknown."""
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
@@ -148,6 +156,13 @@ class ProgressBar:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+    def eta(self) -> str:
+        """Time left at the current rate, as text ('?' before the first step)."""
+        elapsed = self._clock() - self._start
+        if not self.total or self.n == 0 or elapsed <= 0:
+            return "?"
+        return format_duration(max(self.total - self.n, 0) * elapsed / self.n)
 
     def render(self, now: float, with_bar: bool = True) -> str:
         """The text of the bar at time `now` (no '\\r')."""

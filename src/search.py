@@ -112,6 +112,10 @@ def _search(config: SearchConfig, dataset) -> Dict:
     wall_before = float(previous.get("wall_time_s", 0.0))
     start = time.time()
     train_data = data_lib.train_batches(dataset.train, config.data)
+    tracing_start = time.time()
+    state.child_steps.warm_up(*next(iter(data_lib.eval_batches(dataset.train,
+                                                                config.data.batch_size))))
+    print(f"Traced the shared child's compiled pieces in {time.time() - tracing_start:.1f}s")
     batches_per_epoch = data_lib.num_batches(len(dataset.train.labels), config.data.batch_size)
     results = previous
 
@@ -178,10 +182,10 @@ def _train_child_one_epoch(state: SearchState, train_data, batches_per_epoch: in
         correct += int(metrics["correct"])
         seen += int(labels.shape[0])
         if int(state.step) % log_every == 0:
-            bar.write(f"epoch={epoch + 1:<4d} ch_step={int(state.step):<7d} "
-                      f"loss={losses[-1]:.6f} lr={lr:.4e} |g|={float(metrics['grad_norm']):.4f} "
-                      f"tr_acc={int(metrics['correct']):>4d}/{int(labels.shape[0]):<4d} "
-                      f"mins={(time.time() - start) / 60:.2f}")
+            bar.write(reporting.format_train_line(
+                epoch + 1, int(state.step), losses[-1], lr, float(metrics["grad_norm"]),
+                int(metrics["correct"]), int(labels.shape[0]), (time.time() - start) / 60,
+                bar.eta()))
         bar.update(loss=losses[-1])
     bar.close()
     return {"train_loss": float(np.mean(losses)), "train_accuracy": correct / max(1, seen)}

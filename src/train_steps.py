@@ -15,6 +15,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 import tensorflow as tf
 
+from src import arc as arc_lib
 from src.configs import OptimConfig
 
 
@@ -143,6 +144,16 @@ class SharedChildSteps:
         grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         grad_norm = self._apply(grads)
         return {"loss": loss, "grad_norm": grad_norm, "correct": count_correct(labels, logits)}
+
+    def warm_up(self, images, labels) -> None:
+        """Traces every compiled piece (forward, backward, evaluation) on two arcs that
+        use every op, without changing a weight."""
+        for arc in arc_lib.warm_up_arcs(self.model.config.num_cells):
+            with tf.GradientTape() as tape:
+                logits, aux_logits = self.model(images, arc, training=True)
+                loss = classification_loss(labels, logits, aux_logits, self.optim.aux_weight)
+            tape.gradient(loss, self.variables)
+            self.model(images, arc, training=False)
 
     def count_correct(self, images, labels, arc: Sequence[int]):
         """Correct predictions of the shared child with `arc` (batch-stat BN, no dropout)."""
