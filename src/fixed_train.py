@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Dict, List
+from typing import Dict
 
 import numpy as np
 import tensorflow as tf
@@ -18,7 +18,7 @@ from src import data as data_lib
 from src import reporting, run_dir
 from src.configs import FixedTrainConfig
 from src.fixed_child import FixedChild
-from src.train_steps import FixedChildSteps, cosine_lr
+from src.train_steps import FixedChildSteps, cosine_lr, restore_or_start, train_one_epoch
 
 HISTORY_FILE = "history.json"
 
@@ -46,7 +46,7 @@ def run(config: FixedTrainConfig) -> Dict:
     """Trains (or resumes) the fixed child; returns what results.json holds."""
     arc = arc_lib.parse_arc(config.arc, config.child.num_cells)
     out = config.run.output_dir
-    resumed = run_dir.prepare_output_dir(out, config.run.reset_output_dir)
+    run_dir.prepare_output_dir(out, config.run.reset_output_dir)
     arc_text = arc_lib.format_arc(arc)
     check_resumable(out, arc_text)
     with run_dir.Tee(out):
@@ -54,7 +54,7 @@ def run(config: FixedTrainConfig) -> Dict:
         dataset = data_lib.load_dataset(config.data)
         child_config = _child_config_for(config, dataset)
         print(f"Classes ({dataset.num_classes}): {', '.join(dataset.class_names)}")
-        return _train(config, child_config, arc, arc_text, dataset, resumed)
+        return _train(config, child_config, arc, arc_text, dataset)
 
 
 def _child_config_for(config: FixedTrainConfig, dataset):
@@ -63,7 +63,7 @@ def _child_config_for(config: FixedTrainConfig, dataset):
                                channel=config.data.channel, img_size=config.data.img_size)
 
 
-def _train(config, child_config, arc, arc_text, dataset, resumed) -> Dict:
+def _train(config, child_config, arc, arc_text, dataset) -> Dict:
     out, run_cfg = config.run.output_dir, config.run
     tf.random.set_seed(run_cfg.seed)
     model = FixedChild(child_config, arc)
@@ -77,10 +77,8 @@ def _train(config, child_config, arc, arc_text, dataset, resumed) -> Dict:
     step_var = tf.Variable(0, dtype=tf.int64, name="step")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=steps.optimizer,
                                      epoch=epoch_var, step=step_var)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(out, run_dir.CHECKPOINT_DIR),
-                                         max_to_keep=3)
+    manager = restore_or_start(checkpoint, out, run_dir.CHECKPOINT_DIR)
     if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         print(f"Resumed from {manager.latest_checkpoint} at epoch {int(epoch_var)}, "
               f"step {int(step_var)}")
     history = run_dir.read_json(os.path.join(out, HISTORY_FILE), default={"epochs": []})
@@ -91,52 +89,44 @@ def _train(config, child_config, arc, arc_text, dataset, resumed) -> Dict:
     batches_per_epoch = data_lib.num_batches(len(dataset.train.labels), config.data.batch_size)
     total_steps = max(1, run_cfg.num_epochs * batches_per_epoch)
     train_data = data_lib.train_batches(dataset.train, config.data)
-    valid_acc = test_acc = None
+    valid_acc = test_acc = test_pred = None
+
+    def step_fn(images, labels):
+        # Fraction of training done, for the drop-path ramp.
+        progress = min(1.0, (int(step_var) + 1) / total_steps)
+        return steps.train_step(images, labels, tf.constant(progress, tf.float32))
+
     for epoch in range(int(epoch_var), run_cfg.num_epochs):
         lr = cosine_lr(epoch, config.optim)
         steps.optimizer.learning_rate.assign(lr)
-        losses, correct, seen = [], 0, 0
-        bar = reporting.ProgressBar(batches_per_epoch, desc=f"epoch {epoch + 1}")
-        for images, labels in train_data:
-            progress = min(1.0, (int(step_var) + 1) / total_steps)
-            metrics = steps.train_step(images, labels, tf.constant(progress, tf.float32))
-            step_var.assign_add(1)
-            losses.append(float(metrics["loss"]))
-            correct += int(metrics["correct"])
-            seen += int(labels.shape[0])
-            if int(step_var) % run_cfg.log_every == 0:
-                bar.write(reporting.format_train_line(
-                    epoch + 1, int(step_var), losses[-1], lr, float(metrics["grad_norm"]),
-                    int(metrics["correct"]), int(labels.shape[0]), (time.time() - start) / 60,
-                    bar.eta()))
-            bar.update(loss=losses[-1])
-        bar.close()
+        record = {"epoch": epoch + 1, "lr": lr}
+        record.update(train_one_epoch(step_fn, train_data, batches_per_epoch, epoch, lr, step_var,
+                                      run_cfg.log_every, start, desc=f"epoch {epoch + 1}"))
         epoch_var.assign(epoch + 1)
         manager.save(checkpoint_number=epoch + 1)
-        record = {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)),
-                  "train_accuracy": correct / max(1, seen)}
         if (epoch + 1) % run_cfg.eval_every_epochs == 0 or epoch + 1 == run_cfg.num_epochs:
-            valid_acc, test_acc = _evaluate(steps, dataset, config.data.eval_batch_size)
+            valid_acc, test_acc, test_pred = _evaluate(steps, dataset, config.data.eval_batch_size)
             record.update(valid_accuracy=valid_acc, test_accuracy=test_acc)
         history["epochs"].append(record)
         _save_history(out, history)
         _write_results(config, model, arc_text, int(epoch_var), valid_acc, test_acc,
                        wall_before + time.time() - start, dataset)
 
-    if valid_acc is None:  # nothing trained now (--num_epochs 0, or already done)
-        valid_acc, test_acc = _evaluate(steps, dataset, config.data.eval_batch_size)
-    test_pred = predict(steps, dataset.test, config.data.eval_batch_size)
+    if test_pred is None:  # nothing trained now (--num_epochs 0, or already done)
+        valid_acc, test_acc, test_pred = _evaluate(steps, dataset, config.data.eval_batch_size)
     _report_misclassified(out, dataset, test_pred)
     return _write_results(config, model, arc_text, int(epoch_var), valid_acc, test_acc,
                           wall_before + time.time() - start, dataset)
 
 
 def _evaluate(steps, dataset, batch_size):
+    """(valid accuracy, test accuracy, test predictions [N])."""
     valid_acc = accuracy(predict(steps, dataset.valid, batch_size), dataset.valid.labels)
-    test_acc = accuracy(predict(steps, dataset.test, batch_size), dataset.test.labels)
+    test_pred = predict(steps, dataset.test, batch_size)
+    test_acc = accuracy(test_pred, dataset.test.labels)
     print(f"valid_accuracy: {valid_acc:.4f}")
     print(f"test_accuracy: {test_acc:.4f}")
-    return valid_acc, test_acc
+    return valid_acc, test_acc, test_pred
 
 
 def _save_history(out: str, history: Dict) -> None:

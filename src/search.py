@@ -23,7 +23,7 @@ from src.configs import SearchConfig
 from src.controller import Controller
 from src.controller_step import ReinforceTrainer, reward_from
 from src.shared_child import SharedChild
-from src.train_steps import SharedChildSteps, cosine_lr
+from src.train_steps import SharedChildSteps, cosine_lr, restore_or_start, train_one_epoch
 
 BEST_ARC_FILE = "best_arc.txt"
 ARC_HISTORY_FILE = "arc_history.json"
@@ -99,11 +99,8 @@ def _search(config: SearchConfig, dataset) -> Dict:
     out, run_cfg = config.run.output_dir, config.run
     state = build_state(config)
     print(f"Shared child has {state.child.num_params()} params (aux head excluded)")
-    checkpoint = state.checkpoint()
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(out, run_dir.CHECKPOINT_DIR),
-                                         max_to_keep=3)
+    manager = restore_or_start(state.checkpoint(), out, run_dir.CHECKPOINT_DIR)
     if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         print(f"Resumed from {manager.latest_checkpoint} at epoch {int(state.epoch)}, "
               f"baseline {float(state.reinforce.baseline):.6f}")
     history = run_dir.read_json(os.path.join(out, HISTORY_FILE), default={"epochs": []})
@@ -112,10 +109,11 @@ def _search(config: SearchConfig, dataset) -> Dict:
     wall_before = float(previous.get("wall_time_s", 0.0))
     start = time.time()
     train_data = data_lib.train_batches(dataset.train, config.data)
-    tracing_start = time.time()
-    state.child_steps.warm_up(*next(iter(data_lib.eval_batches(dataset.train,
-                                                                config.data.batch_size))))
-    print(f"Traced the shared child's compiled pieces in {time.time() - tracing_start:.1f}s")
+    if int(state.epoch) < run_cfg.num_epochs:  # trace up front, so the first ETA is right
+        tracing_start = time.time()
+        state.child_steps.warm_up(*next(iter(data_lib.eval_batches(dataset.train,
+                                                                    config.data.batch_size))))
+        print(f"Traced the shared child's compiled pieces in {time.time() - tracing_start:.1f}s")
     batches_per_epoch = data_lib.num_batches(len(dataset.train.labels), config.data.batch_size)
     results = previous
 
@@ -123,8 +121,10 @@ def _search(config: SearchConfig, dataset) -> Dict:
         lr = cosine_lr(epoch, config.optim)
         state.child_steps.set_learning_rate(lr)
         record = {"epoch": epoch + 1, "lr": lr}
-        record.update(_train_child_one_epoch(state, train_data, batches_per_epoch, epoch, lr,
-                                             run_cfg.log_every, start))
+        record.update(train_one_epoch(
+            lambda images, labels: child_step(state, images, labels), train_data,
+            batches_per_epoch, epoch, lr, state.step, run_cfg.log_every, start,
+            desc=f"epoch {epoch + 1} child"))
         valid_iter = iter(data_lib.endless_shuffled_batches(
             dataset.valid, config.data.eval_batch_size, seed=run_cfg.seed + epoch))
         if (epoch + 1) % config.controller.train_every == 0:
@@ -169,26 +169,6 @@ def controller_update(state: SearchState, valid_iter, ctrl) -> Dict:
     metrics.update(rewards=rewards, accuracy=float(np.mean(accuracies)),
                    entropy=float(np.mean(entropies)))
     return metrics
-
-
-def _train_child_one_epoch(state: SearchState, train_data, batches_per_epoch: int, epoch: int,
-                           lr: float, log_every: int, start: float) -> Dict:
-    losses, correct, seen = [], 0, 0
-    bar = reporting.ProgressBar(batches_per_epoch, desc=f"epoch {epoch + 1} child")
-    for images, labels in train_data:
-        metrics = child_step(state, images, labels)
-        state.step.assign_add(1)
-        losses.append(float(metrics["loss"]))
-        correct += int(metrics["correct"])
-        seen += int(labels.shape[0])
-        if int(state.step) % log_every == 0:
-            bar.write(reporting.format_train_line(
-                epoch + 1, int(state.step), losses[-1], lr, float(metrics["grad_norm"]),
-                int(metrics["correct"]), int(labels.shape[0]), (time.time() - start) / 60,
-                bar.eta()))
-        bar.update(loss=losses[-1])
-    bar.close()
-    return {"train_loss": float(np.mean(losses)), "train_accuracy": correct / max(1, seen)}
 
 
 def _train_controller(state: SearchState, valid_iter, config: SearchConfig, start: float) -> Dict:

@@ -10,12 +10,15 @@ Models are passed in; nothing here reads globals. Two step builders:
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+import os
+import time
+from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from src import arc as arc_lib
+from src import reporting
 from src.configs import OptimConfig
 
 
@@ -162,3 +165,42 @@ class SharedChildSteps:
 
     def set_learning_rate(self, lr: float):
         self.optimizer.learning_rate.assign(lr)
+
+
+StepFn = Callable[[tf.Tensor, tf.Tensor], Dict[str, tf.Tensor]]
+
+
+def train_one_epoch(step_fn: StepFn, batches, num_batches: int, epoch: int, lr: float,
+                    step: tf.Variable, log_every: int, start: float, desc: str) -> Dict[str, float]:
+    """Runs step_fn(images, labels) -> {loss, grad_norm, correct} over one epoch with a
+    progress bar and a log line every log_every steps (global step counter `step`).
+
+    Returns the epoch's mean training loss and accuracy."""
+    losses, correct, seen = [], 0, 0
+    bar = reporting.ProgressBar(num_batches, desc=desc)
+    for images, labels in batches:
+        metrics = step_fn(images, labels)
+        step.assign_add(1)
+        losses.append(float(metrics["loss"]))  # also waits for the step to finish
+        correct += int(metrics["correct"])
+        seen += int(labels.shape[0])
+        if int(step) % log_every == 0:
+            bar.write(reporting.format_train_line(
+                epoch + 1, int(step), losses[-1], lr, float(metrics["grad_norm"]),
+                int(metrics["correct"]), int(labels.shape[0]), (time.time() - start) / 60,
+                bar.eta()))
+        bar.update(loss=losses[-1])
+    bar.close()
+    return {"train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "train_accuracy": correct / max(1, seen)}
+
+
+def restore_or_start(checkpoint: tf.train.Checkpoint, output_dir: str,
+                     checkpoint_subdir: str) -> tf.train.CheckpointManager:
+    """A manager for output_dir/checkpoint_subdir; restores its latest checkpoint if any
+    (the caller prints where it resumed)."""
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(output_dir, checkpoint_subdir),
+                                         max_to_keep=3)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    return manager
