@@ -290,7 +290,8 @@ def _text_width(text: str, scale: float, thickness: int = 1) -> int:
 
 def save_misclassified_grid(path: str, images, true_labels, pred_labels,
                             class_names: Sequence[str], max_images: int = 64) -> bool:
-    """A PNG grid of up to max_images misclassified images captioned 'true->pred'.
+    """A PNG grid of up to max_images misclassified images captioned 'true->pred',
+    spread evenly over all the misclassified ones.
 
     images: [N,H,W], [N,H,W,1] or [N,H,W,3] (RGB), uint8 or float in [0,1].
     Returns False (and writes nothing) when nothing is misclassified.
@@ -298,7 +299,8 @@ def save_misclassified_grid(path: str, images, true_labels, pred_labels,
     wrong = _misclassified_indices(true_labels, pred_labels)
     if wrong.size == 0:
         return False
-    shown = wrong[:max_images]
+    # Evenly spaced over the list, so that every class (the list is in class order) shows.
+    shown = wrong[np.linspace(0, wrong.size - 1, min(max_images, wrong.size)).round().astype(int)]
     true, pred = _as_labels(true_labels), _as_labels(pred_labels)
     tiles = [_resize_tile(_to_bgr(image)) for image in _to_uint8(np.asarray(images)[shown])]
     captions = [f"{_class_name(class_names, true[i])}->{_class_name(class_names, pred[i])}" for i in shown]
