@@ -13,11 +13,12 @@ from src.arc import ArcError
 from src.configs import ChildConfig, ConfigError, DataConfig, OptimConfig, RunConfig
 from src.data import DataError
 from src.run_dir import OutputDirError
+from src.train_steps import CheckpointMismatch
 
 FLAGS = flags.FLAGS
 
 # Errors that stop a run before training with a one-line message and exit 2.
-USER_ERRORS = (ArcError, ConfigError, DataError, OutputDirError)
+USER_ERRORS = (ArcError, CheckpointMismatch, ConfigError, DataError, OutputDirError)
 
 
 def define_common_flags(*, output_dir: str, num_epochs: int, num_layers: int, out_filters: int,
@@ -37,14 +38,15 @@ def define_common_flags(*, output_dir: str, num_epochs: int, num_layers: int, ou
                          "n_aug_img times its size (1 = originals only).")
     flags.DEFINE_integer("batch_size", 128, "Training and evaluation batch size.")
     flags.DEFINE_integer("num_epochs", num_epochs, "Epochs to train (0 = build, count, evaluate).")
-    flags.DEFINE_integer("child_num_layers", num_layers, "Normal layers (2 reduction layers are added).")
+    flags.DEFINE_integer("child_num_layers", num_layers, "Layers besides the reduction layers: the paper's layout adds 2 "
+                         "reductions (L + 2 layers); the 3-reduction layout puts its third at layer L.")
     flags.DEFINE_integer("child_num_cells", 5, "Nodes per cell (B); arcs have 8*B integers.")
     flags.DEFINE_integer("child_out_filters", out_filters, "Filters of the first cells; doubled "
                          "at each reduction.")
     flags.DEFINE_integer("child_num_reductions", 2, "2 = the paper's layout (reductions at "
                          "L//3 and 2*(L//3)+1); 3 = the image-folder variant's (L//4, 2*(L//4)+1, L).")
-    flags.DEFINE_boolean("child_use_aux_heads", True, "Auxiliary head after the second reduction "
-                         "(training only, loss weight 0.4).")
+    flags.DEFINE_boolean("child_use_aux_heads", True, "Auxiliary head on the layer after the second "
+                         "reduction (training only, loss weight 0.4).")
     flags.DEFINE_float("child_keep_prob", keep_prob, "Dropout keep probability before the classifier.")
     flags.DEFINE_float("child_drop_path_keep_prob", 0.6, "Drop-path keep probability of the last "
                        "layer at the end of training (fixed arcs only, as the authors).")

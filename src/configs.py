@@ -67,6 +67,13 @@ class OptimConfig:
     momentum: float = 0.9
     aux_weight: float = 0.4
 
+    def __post_init__(self):
+        _require(self.lr_T_0 >= 1, f"--child_lr_T_0 must be >= 1, got {self.lr_T_0}")
+        _require(self.lr_T_mul >= 1, f"--child_lr_T_mul must be >= 1, got {self.lr_T_mul}")
+        _require(0 <= self.lr_min <= self.lr_max,
+                 f"need 0 <= --child_lr_min <= --child_lr_max, got {self.lr_min} and {self.lr_max}")
+        _require(self.grad_bound >= 0, f"--child_grad_bound must be >= 0, got {self.grad_bound}")
+
 
 @dataclasses.dataclass(frozen=True)
 class ControllerConfig:

@@ -12,7 +12,7 @@ import tensorflow as tf
 from src import arc as arc_lib
 from src.configs import ChildConfig
 from src.ops import (AuxHead, BatchNorm, Calibrate, ClassifierHead, ConvBN, FactorizedReduction,
-                     Shape, avg_pool3x3, conv_weight, count_params, drop_path,
+                     Shape, halved, avg_pool3x3, conv_weight, count_params, drop_path,
                      drop_path_keep_prob, max_pool3x3, separable_conv)
 
 
@@ -74,7 +74,7 @@ class FixedCell(tf.Module):
         self.calibrate = Calibrate(shape0, shape1, out_c)
         self.layer_base = ConvBN(out_c, out_c)
         in_hw = shape1[0]
-        self.out_hw = in_hw // stride
+        self.out_hw = halved(in_hw) if stride == 2 else in_hw
         self.ops = []
         for x_id, x_op, y_id, y_op in self.nodes:
             self.ops.append([FixedOp(op, out_c, out_c, stride if input_id in (0, 1) else 1)

@@ -82,6 +82,8 @@ def _train(config, child_config, arc, arc_text, dataset) -> Dict:
         print(f"Resumed from {manager.latest_checkpoint} at epoch {int(epoch_var)}, "
               f"step {int(step_var)}")
     history = run_dir.read_json(os.path.join(out, HISTORY_FILE), default={"epochs": []})
+    # Records written after the last checkpoint (a run stopped mid-epoch) are redone.
+    history["epochs"] = run_dir.up_to_epoch(history["epochs"], int(epoch_var))
     previous = run_dir.read_json(os.path.join(out, run_dir.RESULTS_FILE), default={})
     wall_before = float(previous.get("wall_time_s", 0.0))
     start = time.time()

@@ -149,10 +149,16 @@ class FactorizedReduction(tf.Module):
 Shape = Tuple[int, int]  # (height = width, channels)
 
 
+def halved(hw: int) -> int:
+    """Output size of every stride-2 op here ('SAME' padding): ceil(hw / 2)."""
+    return (hw + 1) // 2
+
+
 class Calibrate(tf.Module):
     """Brings a layer's two inputs to the same size and `out_c` channels.
 
-    Input 0 may be twice as large (it comes from before a reduction): relu and a
+    Input 0 may be twice as large (it comes from before a reduction; odd sizes round
+    up): relu and a
     factorized reduction. Otherwise a channel mismatch gets relu, 1x1 conv, BN.
     """
 
@@ -163,7 +169,7 @@ class Calibrate(tf.Module):
         self.project_x = None
         self.project_y = None
         if hw0 != hw1:
-            if hw0 != 2 * hw1:
+            if halved(hw0) != hw1:
                 raise ValueError(f"cannot calibrate inputs of size {hw0} and {hw1}")
             self.reduce_x = FactorizedReduction(c0, out_c)
         elif c0 != out_c:

@@ -105,6 +105,9 @@ def _search(config: SearchConfig, dataset) -> Dict:
               f"baseline {float(state.reinforce.baseline):.6f}")
     history = run_dir.read_json(os.path.join(out, HISTORY_FILE), default={"epochs": []})
     arc_history = run_dir.read_json(os.path.join(out, ARC_HISTORY_FILE), default=[])
+    # Records written after the last checkpoint (a run stopped mid-epoch) are redone.
+    history["epochs"] = run_dir.up_to_epoch(history["epochs"], int(state.epoch))
+    arc_history = run_dir.up_to_epoch(arc_history, int(state.epoch))
     previous = run_dir.read_json(os.path.join(out, run_dir.RESULTS_FILE), default={})
     wall_before = float(previous.get("wall_time_s", 0.0))
     start = time.time()

@@ -23,7 +23,7 @@ import tensorflow as tf
 from src import arc as arc_lib
 from src.configs import ChildConfig
 from src.ops import (AuxHead, Calibrate, ClassifierHead, ConvBN, FactorizedReduction,
-                     avg_pool3x3, batch_norm_batch_stats, count_params, he_normal, max_pool3x3,
+                     avg_pool3x3, batch_norm_batch_stats, count_params, halved, he_normal, max_pool3x3,
                      separable_conv)
 
 
@@ -60,7 +60,8 @@ class SharedSepConv(tf.Module):
     def __init__(self, kernel: int, num_inputs: int, channels: int):
         super().__init__()
         c = channels
-        self.depthwise = [he_normal([num_inputs, kernel, kernel, c, 1], kernel * kernel, "w_depth")
+        # Fan-in as for the fixed child's [k, k, C, 1] depthwise kernel (k * k * C).
+        self.depthwise = [he_normal([num_inputs, kernel, kernel, c, 1], kernel * kernel * c, "w_depth")
                           for _ in range(2)]
         self.pointwise = [he_normal([num_inputs, 1, 1, c, c], c, "w_point") for _ in range(2)]
         self.scale = [tf.Variable(tf.ones([num_inputs, c]), name="scale") for _ in range(2)]
@@ -138,7 +139,7 @@ class SharedLayer(tf.Module):
         # Reduction layers first halve the last output (factorized reduction, C' = 2C).
         self.reduce = FactorizedReduction(reduce_first, channels) if reduce_first else None
         if self.reduce is not None:
-            shape0, shape1 = shape1, (shape1[0] // 2, channels)
+            shape0, shape1 = shape1, (halved(shape1[0]), channels)
         self.calibrate = Calibrate(shape0, shape1, channels)
         self.nodes = [(NodeInput(k + 2, channels), NodeInput(k + 2, channels)) for k in range(num_cells)]
         self.final_w = he_normal([num_cells + 2, channels, channels], channels, "final_w")

@@ -157,6 +157,8 @@ class SharedChildSteps:
                 loss = classification_loss(labels, logits, aux_logits, self.optim.aux_weight)
             tape.gradient(loss, self.variables)
             self.model(images, arc, training=False)
+        # Trace the update without running it (running it would move the weights).
+        self._apply.get_concrete_function([tf.TensorSpec(v.shape, v.dtype) for v in self.variables])
 
     def count_correct(self, images, labels, arc: Sequence[int]):
         """Correct predictions of the shared child with `arc` (batch-stat BN, no dropout)."""
@@ -195,6 +197,10 @@ def train_one_epoch(step_fn: StepFn, batches, num_batches: int, epoch: int, lr: 
             "train_accuracy": correct / max(1, seen)}
 
 
+class CheckpointMismatch(ValueError):
+    """The output folder's checkpoint does not fit the model built from these flags."""
+
+
 def restore_or_start(checkpoint: tf.train.Checkpoint, output_dir: str,
                      checkpoint_subdir: str) -> tf.train.CheckpointManager:
     """A manager for output_dir/checkpoint_subdir; restores its latest checkpoint if any
@@ -202,5 +208,10 @@ def restore_or_start(checkpoint: tf.train.Checkpoint, output_dir: str,
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(output_dir, checkpoint_subdir),
                                          max_to_keep=3)
     if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        try:
+            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.InvalidArgumentError):
+            raise CheckpointMismatch(
+                f"{output_dir} holds checkpoints of a different model (other flags?); choose "
+                "another --output_dir or pass --reset_output_dir") from None
     return manager

@@ -146,6 +146,7 @@ def test_search_writes_best_arc_retrains_it_and_resumes(tiny_folders, tmp_path):
     (["--channel", "2"], "error: channel must be 1 (grey) or 3 (colour), got 2"),
     (["--train_data_dir", "/no/such/folder"], "/no/such/folder"),
     (["--child_num_reductions", "4"], "--child_num_reductions must be 2 or 3"),
+    (["--child_lr_T_0", "0"], "--child_lr_T_0 must be >= 1"),
 ])
 def test_bad_input_stops_with_one_line_and_exit_code_2(args, message, tmp_path):
     result = run_script("main_child_trainer.py", "--num_epochs", "0",

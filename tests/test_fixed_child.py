@@ -97,3 +97,16 @@ def test_reduction_cell_with_unused_inputs_reduces_them_and_checkpoints(tmp_path
     assert model.layer_shapes[1] == (8, 5 * 8)
     path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
     assert tf.train.list_variables(path)
+
+
+@pytest.mark.parametrize("img_size, num_reductions", [(28, 3), (30, 2), (15, 2)])
+def test_odd_feature_map_sizes_round_up(img_size, num_reductions):
+    model = FixedChild(tiny_child_config(img_size=img_size, num_reductions=num_reductions),
+                       REFERENCE_ARC)
+    logits, aux = model(tf.random.normal([2, img_size, img_size, 1]), training=True)
+    assert logits.shape == (2, 3) and aux.shape == (2, 3)
+    h = model.stem(tf.random.normal([2, img_size, img_size, 1]), training=False)
+    prev0, prev1 = h, h
+    for cell, (hw, c) in zip(model.cells, model.layer_shapes):
+        prev0, prev1 = prev1, cell(prev0, prev1, training=False, progress=1.0)
+        assert prev1.shape == (2, hw, hw, c)

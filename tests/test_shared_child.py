@@ -6,7 +6,8 @@ import tensorflow as tf
 
 from src import arc as arc_lib
 from src.configs import OptimConfig
-from src.shared_child import SharedChild, dispatch_all_ops, dispatch_sampled_op
+from src.shared_child import (SharedChild, SharedSepConv, dispatch_all_ops, dispatch_sampled_op,
+                               sep_conv_recomputed, shared_sep_conv)
 from src.train_steps import SharedChildSteps, classification_loss
 from tests.conftest import tiny_child_config
 
@@ -106,3 +107,25 @@ def test_many_arcs_reuse_the_same_traces():
         steps.train_step(images, labels, arc_lib.random_arc(rng))
     assert traces() == warm
     assert steps._apply.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("img_size, num_reductions", [(28, 3), (30, 2)])
+def test_odd_feature_map_sizes_round_up(img_size, num_reductions):
+    child = SharedChild(tiny_child_config(img_size=img_size, num_reductions=num_reductions))
+    logits, aux = child(tf.random.normal([2, img_size, img_size, 1]),
+                        arc_lib.parse_arc(arc_lib.DEFAULT_ARC), training=True)
+    assert logits.shape == (2, 3) and aux.shape == (2, 3)
+
+
+def test_recomputed_sep_conv_gives_the_plain_gradients():
+    sep = SharedSepConv(5, num_inputs=3, channels=4)
+    x, input_id = tf.random.normal([2, 8, 8, 4]), tf.constant(2)
+    weights = [[v.value() for v in vs] for vs in (sep.depthwise, sep.pointwise, sep.scale, sep.offset)]
+    grads = []
+    for fn in (shared_sep_conv, sep_conv_recomputed):
+        with tf.GradientTape() as tape:
+            tape.watch([x] + tf.nest.flatten(weights))
+            loss = tf.reduce_sum(tf.sin(fn(x, input_id, *weights)))
+        grads.append(tape.gradient(loss, [x] + tf.nest.flatten(weights)))
+    for plain, recomputed in zip(*grads):
+        np.testing.assert_allclose(plain, recomputed, rtol=1e-5, atol=1e-6)

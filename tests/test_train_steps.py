@@ -66,3 +66,12 @@ def test_fixed_train_step_learns_a_tiny_batch_and_traces_once():
     steps.train_step(images[:5], labels[:5], tf.constant(1.0))  # a smaller last batch
     assert steps.train_step.experimental_get_tracing_count() == 1
     assert steps.eval_step(images).shape == (12,)
+
+
+def test_a_checkpoint_of_another_model_is_a_one_line_error(tmp_path):
+    from src.train_steps import CheckpointMismatch, restore_or_start
+    first = tf.train.Checkpoint(w=tf.Variable(tf.zeros([2])))
+    restore_or_start(first, str(tmp_path), "checkpoints").save()
+    other = tf.train.Checkpoint(w=tf.Variable(tf.zeros([3])))
+    with pytest.raises(CheckpointMismatch, match="different model"):
+        restore_or_start(other, str(tmp_path), "checkpoints")
