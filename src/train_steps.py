@@ -22,19 +22,17 @@ from src import reporting
 from src.configs import OptimConfig
 
 
-def cosine_lr(epoch: int, optim: OptimConfig, lr_max: float = None, lr_min: float = None) -> float:
+def cosine_lr(epoch: int, optim: OptimConfig) -> float:
     """Cosine learning rate with warm restarts (SGDR), constant within an epoch.
 
     Periods T_0, T_0 * T_mul, ...: with T_0 = 10, T_mul = 2 it restarts after
     epochs 10, 30, 70, 150, 310, 630.
     """
-    lr_max = optim.lr_max if lr_max is None else lr_max
-    lr_min = optim.lr_min if lr_min is None else lr_min
     start, period = 0, optim.lr_T_0
     while epoch >= start + period:
         start, period = start + period, period * optim.lr_T_mul
     t = (epoch - start) / period
-    return lr_min + 0.5 * (lr_max - lr_min) * (1.0 + math.cos(math.pi * t))
+    return optim.lr_min + 0.5 * (optim.lr_max - optim.lr_min) * (1.0 + math.cos(math.pi * t))
 
 
 class NesterovSGD(tf.Module):
@@ -150,7 +148,7 @@ class SharedChildSteps:
 
     def warm_up(self, images, labels) -> None:
         """Traces every compiled piece (forward, backward, evaluation) on two arcs that
-        use every op, without changing a weight."""
+        use every op, without an optimizer step."""
         for arc in arc_lib.warm_up_arcs(self.model.config.num_cells):
             with tf.GradientTape() as tape:
                 logits, aux_logits = self.model(images, arc, training=True)
