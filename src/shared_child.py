@@ -78,20 +78,17 @@ compiled_max_pool = tf.function(max_pool3x3, reduce_retracing=True)
 
 
 @tf.function(reduce_retracing=True)
-def combine_unused(states, unused, final_w, bn_scale, bn_offset):
+def combine_unused(concatenated, unused, final_w, bn_scale, bn_offset):
     """relu, 1x1 conv, BN over the concatenation of the unused states.
 
-    states: the B + 2 states of a cell, each [N,H,W,C]; unused: int32 [k] ids;
-    final_w: [B + 2, C, C], one CxC block per id, so only the used rows enter.
+    concatenated: [N,H,W,k*C], the k unused states in id order; unused: int32 [k]
+    ids; final_w: [B + 2, C, C], one CxC block per id, so only their rows enter.
     Returns [N,H,W,C].
     """
     c = tf.shape(final_w)[2]
-    picked = tf.gather(tf.stack(states), unused)  # [k,N,H,W,C]
-    shape = tf.shape(picked)
-    x = tf.transpose(picked, [1, 2, 3, 0, 4])  # [N,H,W,k,C]
-    x = tf.reshape(tf.nn.relu(x), [shape[1], shape[2], shape[3], shape[0] * c])
-    w = tf.reshape(tf.gather(final_w, unused), [1, 1, shape[0] * c, c])
-    y, _, _ = batch_norm_batch_stats(tf.nn.conv2d(x, w, 1, "SAME"), bn_scale, bn_offset)
+    w = tf.reshape(tf.gather(final_w, unused), [1, 1, tf.size(unused) * c, c])
+    y, _, _ = batch_norm_batch_stats(tf.nn.conv2d(tf.nn.relu(concatenated), w, 1, "SAME"),
+                                     bn_scale, bn_offset)
     return y
 
 
@@ -163,9 +160,11 @@ class SharedLayer(tf.Module):
         for (x_id, x_op, y_id, y_op), (x_in, y_in) in zip(arc_lib.cell_nodes(cell), self.nodes):
             states.append(dispatch(x_in, states[x_id], ids[x_id], x_op)
                           + dispatch(y_in, states[y_id], ids[y_id], y_op))
-        unused = tf.constant(arc_lib.unused_ids(cell), tf.int32)
-        out = combine_unused(states, unused, self.final_w.value(), self.final_scale.value(),
-                             self.final_offset.value())
+        unused = arc_lib.unused_ids(cell)
+        # Only the unused states are copied (the authors stack all B + 2, then gather).
+        concatenated = tf.concat([states[i] for i in unused], axis=3)  # [N,H,W,k*C]
+        out = combine_unused(concatenated, tf.constant(unused, tf.int32), self.final_w.value(),
+                             self.final_scale.value(), self.final_offset.value())
         return out, prev1
 
 
