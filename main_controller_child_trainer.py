@@ -4,6 +4,7 @@ trains on them, REINFORCE rewards the arcs that classify the validation set well
     python main_controller_child_trainer.py
     python main_child_trainer.py --child_fixed_arc_file output/search/best_arc.txt
 """
+import dataclasses
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep the log for the run's own lines
@@ -26,6 +27,25 @@ flags.DEFINE_integer("controller_num_aggregate", 10, "Sampled arcs whose gradien
                      "per controller update.")
 flags.DEFINE_integer("controller_train_steps", 30, "Controller updates per controller phase.")
 flags.DEFINE_integer("controller_train_every", 1, "Run the controller phase every this many epochs.")
+flags.DEFINE_integer("controller_start_epoch", 0, "Warm-up: epochs before this one train the "
+                     "shared child on uniformly random arcs and do not train the controller "
+                     "(0 = the authors: the controller trains from the first epoch).")
+flags.DEFINE_enum("search_policy", "controller", ["controller", "random"], "'controller': ENAS. "
+                  "'random': random search with weight sharing (Li and Talwalkar, 2019), the "
+                  "baseline: uniformly random arcs throughout, the controller never trains; "
+                  "the same loop and output files.")
+flags.DEFINE_integer("child_steps_per_epoch", 0, "Child steps in one search epoch, after which "
+                     "the controller phase runs (0 = one pass over the training set, as the "
+                     "authors). Sets the controller's cadence in child steps on any data size.")
+flags.DEFINE_integer("num_lift_arcs", 10, "At every evaluation, this many controller-sampled and "
+                     "this many uniformly random arcs are scored on the whole validation set; "
+                     "the difference of their means is the controller's lift (0 = off).")
+flags.DEFINE_enum("child_init_fan_in", "kernel", ["kernel", "stacked"], "He-normal fan-in of the "
+                  "search-phase weights: 'kernel' = the real kernel's (k*k*C); 'stacked' = the "
+                  "authors' quirk (the first dimension of the weights stacked per input).")
+flags.DEFINE_boolean("child_train_aux_head", True, "Train the aux head's own weights in search. "
+                     "Off = the image-folder variant's quirk: its aux loss reached the body but "
+                     "its head was never updated.")
 FLAGS = flags.FLAGS
 
 
@@ -36,15 +56,18 @@ def controller_config() -> ControllerConfig:
         entropy_weight=FLAGS.controller_entropy_weight, bl_dec=FLAGS.controller_bl_dec,
         lr=FLAGS.controller_lr, num_aggregate=FLAGS.controller_num_aggregate,
         train_steps=FLAGS.controller_train_steps, train_every=FLAGS.controller_train_every,
-        seed=FLAGS.seed)
+        start_epoch=FLAGS.controller_start_epoch, policy=FLAGS.search_policy,
+        num_lift_arcs=FLAGS.num_lift_arcs, seed=FLAGS.seed)
 
 
 def main(argv):
     del argv
+    child = dataclasses.replace(cli_common.child_config(), init_fan_in=FLAGS.child_init_fan_in,
+                                train_aux_head=FLAGS.child_train_aux_head)
+    run = dataclasses.replace(cli_common.run_config(), steps_per_epoch=FLAGS.child_steps_per_epoch)
     config = SearchConfig(
-        data=cli_common.data_config(), child=cli_common.child_config(),
-        optim=cli_common.optim_config(), controller=controller_config(),
-        run=cli_common.run_config(), flags=cli_common.flag_values())
+        data=cli_common.data_config(), child=child, optim=cli_common.optim_config(),
+        controller=controller_config(), run=run, flags=cli_common.flag_values())
     search.run(config)
 
 

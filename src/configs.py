@@ -42,8 +42,15 @@ class ChildConfig:
     use_aux_heads: bool = True
     keep_prob: float = 0.8
     drop_path_keep_prob: float = 0.6
+    # Search phase only. "kernel": He fan-in of the real kernel (k*k*C); "stacked": the
+    # authors' quirk, fan-in read from the first dimension of the weights stacked per
+    # possible input, which makes them 5 to 10 times too large.
+    init_fan_in: str = "kernel"
+    train_aux_head: bool = True  # False: the variant's quirk, the aux head never updates
 
     def __post_init__(self):
+        _require(self.init_fan_in in ("kernel", "stacked"),
+                 f"--child_init_fan_in must be 'kernel' or 'stacked', got {self.init_fan_in!r}")
         _require(self.num_reductions in (2, 3),
                  f"--child_num_reductions must be 2 or 3, got {self.num_reductions}")
         _require(self.num_layers >= 1, f"--child_num_layers must be >= 1, got {self.num_layers}")
@@ -88,9 +95,22 @@ class ControllerConfig:
     num_aggregate: int = 10
     train_steps: int = 30
     train_every: int = 1
+    # Epochs before this train the shared child on uniformly random arcs, and the
+    # controller is not trained (0 = the authors: the controller trains from epoch 1).
+    start_epoch: int = 0
+    # "controller": ENAS; "random": uniformly random arcs throughout and the controller
+    # never trains (random search with weight sharing, Li and Talwalkar 2019).
+    policy: str = "controller"
+    num_lift_arcs: int = 10  # arcs of each kind scored to measure the controller's lift
     seed: int = 0
 
     def __post_init__(self):
+        _require(self.policy in ("controller", "random"),
+                 f"--search_policy must be 'controller' or 'random', got {self.policy!r}")
+        _require(self.start_epoch >= 0,
+                 f"--controller_start_epoch must be >= 0, got {self.start_epoch}")
+        _require(self.num_lift_arcs >= 0,
+                 f"--num_lift_arcs must be >= 0, got {self.num_lift_arcs}")
         _require(self.num_aggregate >= 1,
                  f"--controller_num_aggregate must be >= 1, got {self.num_aggregate}")
         _require(self.train_steps >= 0, f"--controller_train_steps must be >= 0, got {self.train_steps}")
@@ -105,10 +125,15 @@ class RunConfig:
     num_epochs: int = 630
     log_every: int = 50
     eval_every_epochs: int = 1
+    # Child steps in one epoch; 0 = one pass over the training set (the authors). The
+    # search sets it so that the controller phase comes every this many child steps.
+    steps_per_epoch: int = 0
     seed: int = 0
     progress: bool = True
 
     def __post_init__(self):
+        _require(self.steps_per_epoch >= 0,
+                 f"--child_steps_per_epoch must be >= 0, got {self.steps_per_epoch}")
         _require(self.num_epochs >= 0, f"--num_epochs must be >= 0, got {self.num_epochs}")
         _require(self.log_every >= 1, f"--log_every must be >= 1, got {self.log_every}")
         _require(self.eval_every_epochs >= 1,

@@ -9,9 +9,11 @@ best so far is written to best_arc.txt.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
+import random
 import time
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import numpy as np
 import tensorflow as tf
@@ -19,7 +21,7 @@ import tensorflow as tf
 from src import arc as arc_lib
 from src import data as data_lib
 from src import reporting, run_dir
-from src.configs import SearchConfig
+from src.configs import ControllerConfig, SearchConfig
 from src.controller import Controller
 from src.controller_step import ReinforceTrainer, reward_from
 from src.shared_child import SharedChild
@@ -66,17 +68,47 @@ def sample_arc(controller: Controller) -> List[int]:
     return [int(a) for a in arc.numpy()]
 
 
+ArcSampler = Callable[[], List[int]]
+
+
+def uniform_sampler(rng: random.Random, num_cells: int) -> ArcSampler:
+    """Uniformly random arcs: every input id and every op equally likely."""
+    return lambda: list(arc_lib.random_arc(rng, num_cells))
+
+
+def epoch_rng(seed: int, epoch: int, stream: int) -> random.Random:
+    """A generator fixed by (seed, epoch, stream), so a resumed epoch draws the same arcs."""
+    return random.Random(f"{seed}/{epoch}/{stream}")
+
+
+def controller_in_charge(ctrl: ControllerConfig, epoch: int) -> bool:
+    """Whether the controller samples the child's arcs (and trains) in this 0-based epoch."""
+    return ctrl.policy == "controller" and epoch >= ctrl.start_epoch
+
+
+def trains_controller(ctrl: ControllerConfig, epoch: int) -> bool:
+    return controller_in_charge(ctrl, epoch) and (epoch + 1) % ctrl.train_every == 0
+
+
+def child_arc_sampler(state: "SearchState", config: SearchConfig, epoch: int) -> ArcSampler:
+    """The arcs the shared child trains on (and the shown arcs) in this epoch: the
+    controller's, or uniformly random ones (warm-up epochs, random search)."""
+    if controller_in_charge(config.controller, epoch):
+        return lambda: sample_arc(state.controller)
+    return uniform_sampler(epoch_rng(config.run.seed, epoch, 0), config.child.num_cells)
+
+
 def batch_accuracy(steps: SharedChildSteps, images, labels, arc) -> float:
     return float(steps.count_correct(images, labels, arc)) / int(labels.shape[0])
 
 
 def split_accuracy(steps: SharedChildSteps, split: data_lib.Split, batch_size: int,
-                   arc=None, controller: Controller = None) -> float:
+                   arc=None, sampler: ArcSampler = None) -> float:
     """Accuracy of the shared child on a whole split: with one given arc, or (as the
     authors evaluate) a freshly sampled arc for every batch."""
     correct = 0
     for images, labels in data_lib.eval_batches(split, batch_size):
-        batch_arc = arc if arc is not None else sample_arc(controller)
+        batch_arc = arc if arc is not None else sampler()
         correct += int(steps.count_correct(images, labels, batch_arc))
     return correct / max(1, len(split.labels))
 
@@ -117,22 +149,34 @@ def _search(config: SearchConfig, dataset) -> Dict:
         state.child_steps.warm_up(*next(iter(data_lib.eval_batches(dataset.train,
                                                                     config.data.batch_size))))
         print(f"Traced the shared child's compiled pieces in {time.time() - tracing_start:.1f}s")
-    batches_per_epoch = data_lib.num_batches(len(dataset.train.labels), config.data.batch_size)
+    if run_cfg.steps_per_epoch:
+        # An epoch is steps_per_epoch batches of an endless stream (reshuffled every pass).
+        stream = iter(train_data.repeat())
+        batches_per_epoch = run_cfg.steps_per_epoch
+        next_epoch_batches = lambda: itertools.islice(stream, batches_per_epoch)  # noqa: E731
+    else:
+        batches_per_epoch = data_lib.num_batches(len(dataset.train.labels), config.data.batch_size)
+        next_epoch_batches = lambda: train_data  # noqa: E731
     results = previous
 
     for epoch in range(int(state.epoch), run_cfg.num_epochs):
         lr = cosine_lr(epoch, config.optim)
         state.child_steps.set_learning_rate(lr)
         record = {"epoch": epoch + 1, "lr": lr}
+        sampler = child_arc_sampler(state, config, epoch)
+        if not controller_in_charge(config.controller, epoch):
+            print(f"Epoch {epoch + 1}: uniformly random arcs ("
+                  f"{'random search' if config.controller.policy == 'random' else 'warm-up'})")
         record.update(train_one_epoch(
-            lambda images, labels: child_step(state, images, labels), train_data,
-            batches_per_epoch, epoch, lr, state.step, run_cfg.log_every, start,
-            desc=f"epoch {epoch + 1} child"))
+            lambda images, labels: child_step(state, images, labels, sampler),
+            next_epoch_batches(), batches_per_epoch, epoch, lr, state.step, run_cfg.log_every,
+            start, desc=f"epoch {epoch + 1} child"))
+        record["step"] = int(state.step)
         valid_iter = iter(data_lib.endless_shuffled_batches(
             dataset.valid, config.data.eval_batch_size, seed=run_cfg.seed + epoch))
-        if (epoch + 1) % config.controller.train_every == 0:
+        if trains_controller(config.controller, epoch):
             record.update(_train_controller(state, valid_iter, config, start))
-        shown = _show_sampled_arcs(state, valid_iter)
+        shown = _show_sampled_arcs(state, valid_iter, sampler)
         arc_history += _score_arcs(state, shown, dataset.valid, config.data.eval_batch_size,
                                    epoch + 1)
         best = max(arc_history, key=lambda entry: entry["valid_accuracy"])
@@ -142,18 +186,42 @@ def _search(config: SearchConfig, dataset) -> Dict:
         print(f"Best arc so far (valid accuracy {best['valid_accuracy']:.4f}, "
               f"epoch {best['epoch']}): {best['arc']}")
         if (epoch + 1) % run_cfg.eval_every_epochs == 0 or epoch + 1 == run_cfg.num_epochs:
-            record.update(_evaluate(state, dataset, config.data.eval_batch_size))
+            record.update(_evaluate(state, dataset, config.data.eval_batch_size, sampler))
+            record.update(measure_lift(state, dataset.valid, config, epoch))
         state.epoch.assign(epoch + 1)
         manager.save(checkpoint_number=epoch + 1)
         history["epochs"].append(record)
         _save_history(out, history)
-        results = _write_results(config, state, best, wall_before + time.time() - start)
+        results = _write_results(config, state, best, history, wall_before + time.time() - start)
     return results
 
 
-def child_step(state: SearchState, images, labels) -> Dict:
-    """One shared-child training step on a freshly sampled arc (no controller gradient)."""
-    return state.child_steps.train_step(images, labels, sample_arc(state.controller))
+def child_step(state: SearchState, images, labels, sampler: ArcSampler = None) -> Dict:
+    """One shared-child training step on a freshly sampled arc (no controller gradient);
+    the arc comes from the controller unless another sampler is given."""
+    arc = sampler() if sampler is not None else sample_arc(state.controller)
+    return state.child_steps.train_step(images, labels, arc)
+
+
+def measure_lift(state: SearchState, valid: data_lib.Split, config: SearchConfig,
+                 epoch: int) -> Dict:
+    """The controller's lift: mean whole-validation accuracy of controller-sampled arcs
+    minus that of uniformly random arcs, both on the current shared weights."""
+    n = config.controller.num_lift_arcs
+    if n == 0:
+        return {}
+    batch_size = config.data.eval_batch_size
+    uniform = uniform_sampler(epoch_rng(config.run.seed, epoch, 1), config.child.num_cells)
+    controller_acc = float(np.mean([split_accuracy(state.child_steps, valid, batch_size,
+                                                   arc=sample_arc(state.controller))
+                                    for _ in range(n)]))
+    random_acc = float(np.mean([split_accuracy(state.child_steps, valid, batch_size, arc=uniform())
+                                for _ in range(n)]))
+    lift = controller_acc - random_acc
+    print(f"controller_valid_accuracy: {controller_acc:.4f} random_valid_accuracy: "
+          f"{random_acc:.4f} controller_lift: {lift:+.4f} ({n} arcs each, whole validation set)")
+    return {"controller_valid_accuracy": controller_acc, "random_valid_accuracy": random_acc,
+            "controller_lift": lift}
 
 
 def controller_update(state: SearchState, valid_iter, ctrl) -> Dict:
@@ -195,12 +263,12 @@ def _train_controller(state: SearchState, valid_iter, config: SearchConfig, star
             "baseline": float(state.reinforce.baseline)}
 
 
-def _show_sampled_arcs(state: SearchState, valid_iter) -> List[Dict]:
+def _show_sampled_arcs(state: SearchState, valid_iter, sampler: ArcSampler) -> List[Dict]:
     """Samples 10 arcs and prints each with its accuracy on one validation batch."""
     print(f"Here are {NUM_SHOWN_ARCS} architectures")
     shown = []
     for _ in range(NUM_SHOWN_ARCS):
-        arc = sample_arc(state.controller)
+        arc = sampler()
         images, labels = next(valid_iter)
         acc = batch_accuracy(state.child_steps, images, labels, arc)
         normal, reduction = arc_lib.split_arc(arc)
@@ -221,11 +289,9 @@ def _score_arcs(state: SearchState, shown: List[Dict], valid: data_lib.Split, ba
     return scored
 
 
-def _evaluate(state: SearchState, dataset, batch_size: int) -> Dict:
-    valid_acc = split_accuracy(state.child_steps, dataset.valid, batch_size,
-                               controller=state.controller)
-    test_acc = split_accuracy(state.child_steps, dataset.test, batch_size,
-                              controller=state.controller)
+def _evaluate(state: SearchState, dataset, batch_size: int, sampler: ArcSampler) -> Dict:
+    valid_acc = split_accuracy(state.child_steps, dataset.valid, batch_size, sampler=sampler)
+    test_acc = split_accuracy(state.child_steps, dataset.test, batch_size, sampler=sampler)
     print(f"valid_accuracy: {valid_acc:.4f}")
     print(f"test_accuracy: {test_acc:.4f}")
     return {"valid_accuracy": valid_acc, "test_accuracy": test_acc}
@@ -236,21 +302,32 @@ def _save_history(out: str, history: Dict) -> None:
     epochs = history["epochs"]
     evaluated = [e for e in epochs if "valid_accuracy" in e]
     with_controller = [e for e in epochs if "controller_mean_reward" in e]
+    lifted = [e for e in epochs if "controller_lift" in e]
     reporting.save_curves(os.path.join(out, "search.png"), {
         "child train accuracy": [(e["epoch"], e["train_accuracy"]) for e in epochs],
         "shared valid accuracy": [(e["epoch"], e["valid_accuracy"]) for e in evaluated],
         "controller reward": [(e["epoch"], e["controller_mean_reward"]) for e in with_controller],
-        "baseline": [(e["epoch"], e["baseline"]) for e in with_controller]},
+        "baseline": [(e["epoch"], e["baseline"]) for e in with_controller],
+        "controller arcs, valid": [(e["epoch"], e["controller_valid_accuracy"]) for e in lifted],
+        "random arcs, valid": [(e["epoch"], e["random_valid_accuracy"]) for e in lifted],
+        "controller lift": [(e["epoch"], e["controller_lift"]) for e in lifted]},
         title="search (shared-child accuracies, not retrained ones)", ylabel="accuracy / reward")
 
 
-def _write_results(config: SearchConfig, state: SearchState, best: Dict, wall_time: float) -> Dict:
+def _write_results(config: SearchConfig, state: SearchState, best: Dict, history: Dict,
+                   wall_time: float) -> Dict:
     results = {
         "best_arc": best["arc"], "best_arc_valid_accuracy": best["valid_accuracy"],
         "best_arc_epoch": best["epoch"], "epochs_done": int(state.epoch),
-        "num_epochs": config.run.num_epochs, "shared_child_params": state.child.num_params(),
+        "num_epochs": config.run.num_epochs, "child_steps": int(state.step),
+        "search_policy": config.controller.policy,
+        "shared_child_params": state.child.num_params(),
         "baseline": float(state.reinforce.baseline), "wall_time_s": round(wall_time, 2),
-        "flags": config.flags,
     }
+    lifted = [e for e in history["epochs"] if "controller_lift" in e]
+    if lifted:  # the last evaluation's
+        results.update({key: lifted[-1][key] for key in (
+            "controller_valid_accuracy", "random_valid_accuracy", "controller_lift")})
+    results["flags"] = config.flags
     run_dir.write_json_atomic(os.path.join(config.run.output_dir, run_dir.RESULTS_FILE), results)
     return results

@@ -57,13 +57,15 @@ def select_slice(weights, one_hot):
 class SharedSepConv(tf.Module):
     """Weights of one separable-conv op (kernel k, C -> C) for each possible input."""
 
-    def __init__(self, kernel: int, num_inputs: int, channels: int):
+    def __init__(self, kernel: int, num_inputs: int, channels: int, stacked_fan_in: bool = False):
         super().__init__()
         c = channels
-        # Fan-in as for the fixed child's [k, k, C, 1] depthwise kernel (k * k * C).
-        self.depthwise = [he_normal([num_inputs, kernel, kernel, c, 1], kernel * kernel * c, "w_depth")
+        # Fan-in as for the fixed child's [k, k, C, 1] depthwise kernel (k * k * C); the
+        # authors' stored [num_inputs, k*k*C] weights got num_inputs instead.
+        depth_fan_in, point_fan_in = (num_inputs, num_inputs) if stacked_fan_in else (kernel * kernel * c, c)
+        self.depthwise = [he_normal([num_inputs, kernel, kernel, c, 1], depth_fan_in, "w_depth")
                           for _ in range(2)]
-        self.pointwise = [he_normal([num_inputs, 1, 1, c, c], c, "w_point") for _ in range(2)]
+        self.pointwise = [he_normal([num_inputs, 1, 1, c, c], point_fan_in, "w_point") for _ in range(2)]
         self.scale = [tf.Variable(tf.ones([num_inputs, c]), name="scale") for _ in range(2)]
         self.offset = [tf.Variable(tf.zeros([num_inputs, c]), name="offset") for _ in range(2)]
 
@@ -95,10 +97,11 @@ def combine_unused(concatenated, unused, final_w, bn_scale, bn_offset):
 class NodeInput(tf.Module):
     """The five candidate ops for one input (x or y) of one node."""
 
-    def __init__(self, num_inputs: int, channels: int):
+    def __init__(self, num_inputs: int, channels: int, stacked_fan_in: bool = False):
         super().__init__()
         # A list indexed by op id (0: 3x3, 1: 5x5); checkpoints need string keys for dicts.
-        self.sep_convs = [SharedSepConv(arc_lib.SEP_CONV_KERNELS[op], num_inputs, channels)
+        self.sep_convs = [SharedSepConv(arc_lib.SEP_CONV_KERNELS[op], num_inputs, channels,
+                                        stacked_fan_in)
                           for op in sorted(arc_lib.SEP_CONV_KERNELS)]
 
     def op(self, op: int, x, input_id):
@@ -131,15 +134,18 @@ class SharedLayer(tf.Module):
     """One search-phase layer: calibrate, B nodes, relu + 1x1 conv + BN over the
     concatenation of the unused nodes (weights only for the used rows)."""
 
-    def __init__(self, shape0, shape1, channels: int, num_cells: int, reduce_first: Optional[int]):
+    def __init__(self, shape0, shape1, channels: int, num_cells: int, reduce_first: Optional[int],
+                 stacked_fan_in: bool = False):
         super().__init__()
         # Reduction layers first halve the last output (factorized reduction, C' = 2C).
         self.reduce = FactorizedReduction(reduce_first, channels) if reduce_first else None
         if self.reduce is not None:
             shape0, shape1 = shape1, (halved(shape1[0]), channels)
         self.calibrate = Calibrate(shape0, shape1, channels)
-        self.nodes = [(NodeInput(k + 2, channels), NodeInput(k + 2, channels)) for k in range(num_cells)]
-        self.final_w = he_normal([num_cells + 2, channels, channels], channels, "final_w")
+        self.nodes = [(NodeInput(k + 2, channels, stacked_fan_in), NodeInput(k + 2, channels, stacked_fan_in))
+                      for k in range(num_cells)]
+        final_fan_in = num_cells + 2 if stacked_fan_in else channels
+        self.final_w = he_normal([num_cells + 2, channels, channels], final_fan_in, "final_w")
         # BN of the combine: batch statistics only, so no moving averages to keep.
         self.final_scale = tf.Variable(tf.ones([channels]), name="final_scale")
         self.final_offset = tf.Variable(tf.zeros([channels]), name="final_offset")
@@ -188,7 +194,8 @@ class SharedChild(tf.Module):
             reduce_first = None
             if layer_id in reductions:
                 reduce_first, c = shapes[1][1], 2 * c
-            layer = SharedLayer(shapes[0], shapes[1], c, config.num_cells, reduce_first)
+            layer = SharedLayer(shapes[0], shapes[1], c, config.num_cells, reduce_first,
+                                stacked_fan_in=config.init_fan_in == "stacked")
             self.layers.append(layer)
             shapes = [shapes[1] if reduce_first is None else (layer.out_shape[0], c), layer.out_shape]
             if config.use_aux_heads and layer_id == self.aux_layer:
@@ -236,6 +243,10 @@ class SharedChild(tf.Module):
     def _run_head(self, x, training: bool):
         return self.head(x, training)
 
-    def num_params(self) -> int:
+    def body_variables(self) -> List[tf.Variable]:
+        """Every trainable variable but the aux head's."""
         aux = {id(v) for v in self.aux_head.trainable_variables} if self.aux_head else set()
-        return count_params(v for v in self.trainable_variables if id(v) not in aux)
+        return [v for v in self.trainable_variables if id(v) not in aux]
+
+    def num_params(self) -> int:
+        return count_params(self.body_variables())

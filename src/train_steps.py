@@ -130,7 +130,10 @@ class SharedChildSteps:
     def __init__(self, model, optim: OptimConfig):
         self.model = model
         self.optim = optim
-        self.variables: List[tf.Variable] = list(model.trainable_variables)
+        # The variant's quirk (train_aux_head off): the aux loss still reaches the body,
+        # but the aux head's own weights are not among the trained variables.
+        self.variables: List[tf.Variable] = (list(model.trainable_variables)
+                                             if model.config.train_aux_head else model.body_variables())
         self.optimizer = NesterovSGD(self.variables, optim)
         self._apply = tf.function(self.optimizer.apply)
 
