@@ -283,6 +283,18 @@ def eval_batches(split: Split, batch_size: int) -> tf.data.Dataset:
     return _gather_batches(split, order)
 
 
+def mixed_eval_batches(split: Split, batch_size: int, seed: int = 0) -> tf.data.Dataset:
+    """The whole split once, without augmentation, in one fixed shuffled order.
+
+    For the shared child, whose BN uses the statistics of each batch even when it
+    evaluates: the folders are read class by class, so in-order batches hold one or
+    two classes each, and their statistics would hide what the classes differ in.
+    The order depends on `seed` only, so every arc is scored on the same batches.
+    """
+    order = np.random.default_rng(seed).permutation(len(split.labels))
+    return _gather_batches(split, tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
+
+
 def endless_shuffled_batches(split: Split, batch_size: int, seed: int) -> tf.data.Dataset:
     """Full shuffled batches forever, without augmentation (one batch per controller
     reward); a split smaller than batch_size gives batches of the whole split."""

@@ -1,5 +1,6 @@
 """Shared test set-up: quiet TensorFlow, the repo root importable, tiny configs."""
 import os
+import shutil
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -23,3 +24,20 @@ def tiny_child_config(**overrides) -> ChildConfig:
 @pytest.fixture
 def tiny_config():
     return tiny_child_config()
+
+
+CLASSES = ("0", "1", "2")
+
+
+@pytest.fixture(scope="session")
+def tiny_folders(tmp_path_factory):
+    """3 classes from the bundled digits: 16 train, 4 valid, 4 test images each."""
+    root = tmp_path_factory.mktemp("digits")
+    counts = {"train": 16, "valid": 4, "test": 4}
+    for split, count in counts.items():
+        for name in CLASSES:
+            source = os.path.join(ROOT, "data", split, name)
+            os.makedirs(root / split / name)
+            for file in sorted(os.listdir(source))[:count]:
+                shutil.copy(os.path.join(source, file), root / split / name / file)
+    return root

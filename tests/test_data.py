@@ -255,6 +255,16 @@ def test_eval_batches_keep_order():
     np.testing.assert_array_equal(images, split.images)
 
 
+def test_mixed_eval_batches_cover_the_split_once_in_a_fixed_mixed_order():
+    split = indexed_split(20)
+    images, labels = collect(data.mixed_eval_batches(split, 6, seed=3))
+    assert sorted(labels.tolist()) == sorted(split.labels.tolist())  # every row once
+    assert labels.tolist() != split.labels.tolist()  # not the folder order
+    again = collect(data.mixed_eval_batches(split, 6, seed=3))[1]
+    np.testing.assert_array_equal(again, labels)  # the same batches for every arc
+    assert [len(y) for _, y in data.mixed_eval_batches(split, 6)] == [6, 6, 6, 2]
+
+
 def test_endless_shuffled_batches_are_full_and_never_end():
     it = iter(data.endless_shuffled_batches(indexed_split(10), 4, seed=0))
     labels = [next(it)[1].numpy() for _ in range(10)]  # 40 examples > 10

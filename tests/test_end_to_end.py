@@ -14,23 +14,6 @@ from src.configs import (ChildConfig, ControllerConfig, DataConfig, FixedTrainCo
                          RunConfig, SearchConfig)
 from tests.conftest import ROOT
 
-CLASSES = ("0", "1", "2")
-
-
-@pytest.fixture(scope="module")
-def tiny_folders(tmp_path_factory):
-    """3 classes from the bundled digits: 16 train, 4 valid, 4 test images each."""
-    root = tmp_path_factory.mktemp("digits")
-    counts = {"train": 16, "valid": 4, "test": 4}
-    for split, count in counts.items():
-        for name in CLASSES:
-            source = os.path.join(ROOT, "data", split, name)
-            os.makedirs(root / split / name)
-            for file in sorted(os.listdir(source))[:count]:
-                shutil.copy(os.path.join(source, file), root / split / name / file)
-    return root
-
-
 def data_config(folders, **overrides):
     base = dict(train_dir=str(folders / "train"), valid_dir=str(folders / "valid"),
                 test_dir=str(folders / "test"), channel=1, img_size=16, batch_size=12,

@@ -15,7 +15,7 @@ from src.configs import ControllerConfig, RunConfig
 from src.controller import Controller
 from src.train_steps import restore_or_start
 from tests.conftest import ROOT
-from tests.test_end_to_end import read, search_config, tiny_folders  # noqa: F401 (fixture)
+from tests.test_end_to_end import read, search_config
 
 
 def tiny_search(folders, out, num_epochs, **controller):

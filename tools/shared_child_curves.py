@@ -133,7 +133,7 @@ def run_variant(name: str, args, datasets: Dict) -> List[Tuple[int, float]]:
         steps.train_step(images, labels, next_arc())
         if step % args.eval_every == 0:
             correct = sum(int(steps.count_correct(images, labels, next_arc()))
-                          for images, labels in data_lib.eval_batches(dataset.valid, 128))
+                          for images, labels in data_lib.mixed_eval_batches(dataset.valid, 128))
             points.append((step, correct / len(dataset.valid.labels)))
             print(f"{name:16s} step {step:5d}  valid {points[-1][1]:.3f}  "
                   f"{time.time() - start:6.0f}s", flush=True)
