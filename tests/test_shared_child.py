@@ -129,3 +129,24 @@ def test_recomputed_sep_conv_gives_the_plain_gradients():
         grads.append(tape.gradient(loss, [x] + tf.nest.flatten(weights)))
     for plain, recomputed in zip(*grads):
         np.testing.assert_allclose(plain, recomputed, rtol=1e-5, atol=1e-6)
+
+
+def test_stacked_fan_in_reproduces_the_authors_larger_init():
+    tf.random.set_seed(0)
+    kernel_init = SharedChild(tiny_child_config(out_filters=8))
+    tf.random.set_seed(0)
+    stacked = SharedChild(tiny_child_config(out_filters=8, init_fan_in="stacked"))
+    node = 4  # node 6 of the first layer: 6 possible inputs
+    for child, expected in ((kernel_init, np.sqrt(2 / (5 * 5 * 8))), (stacked, np.sqrt(2 / 6))):
+        # Layer 0 (normal) works at out_filters = 8 channels; the 5x5 sep conv of node 6.
+        depthwise = child.layers[0].nodes[node][0].sep_convs[1].depthwise[0].numpy()
+        assert depthwise.shape == (6, 5, 5, 8, 1)
+        assert np.std(depthwise) == pytest.approx(expected, rel=0.2)
+
+
+def test_untrained_aux_head_is_left_out_of_the_trained_variables():
+    child = SharedChild(tiny_child_config(train_aux_head=False))
+    trained = {id(v) for v in SharedChildSteps(child, OptimConfig()).variables}
+    aux = {id(v) for v in child.aux_head.trainable_variables}
+    assert aux and not aux & trained
+    assert len(trained) == len(child.trainable_variables) - len(aux)
