@@ -31,6 +31,8 @@ BEST_ARC_FILE = "best_arc.txt"
 ARC_HISTORY_FILE = "arc_history.json"
 HISTORY_FILE = "history.json"
 NUM_SHOWN_ARCS = 10
+# What measure_lift adds to an evaluated epoch's record (and results.json the last of).
+LIFT_KEYS = ("controller_valid_accuracy", "random_valid_accuracy", "controller_lift")
 
 
 @dataclasses.dataclass
@@ -90,7 +92,7 @@ def trains_controller(ctrl: ControllerConfig, epoch: int) -> bool:
     return controller_in_charge(ctrl, epoch) and (epoch + 1) % ctrl.train_every == 0
 
 
-def child_arc_sampler(state: "SearchState", config: SearchConfig, epoch: int) -> ArcSampler:
+def child_arc_sampler(state: SearchState, config: SearchConfig, epoch: int) -> ArcSampler:
     """The arcs the shared child trains on (and the shown arcs) in this epoch: the
     controller's, or uniformly random ones (warm-up epochs, random search)."""
     if controller_in_charge(config.controller, epoch):
@@ -221,8 +223,7 @@ def measure_lift(state: SearchState, valid: data_lib.Split, config: SearchConfig
     lift = controller_acc - random_acc
     print(f"controller_valid_accuracy: {controller_acc:.4f} random_valid_accuracy: "
           f"{random_acc:.4f} controller_lift: {lift:+.4f} ({n} arcs each, whole validation set)")
-    return {"controller_valid_accuracy": controller_acc, "random_valid_accuracy": random_acc,
-            "controller_lift": lift}
+    return dict(zip(LIFT_KEYS, (controller_acc, random_acc, lift)))
 
 
 def controller_update(state: SearchState, valid_iter, ctrl) -> Dict:
@@ -327,8 +328,7 @@ def _write_results(config: SearchConfig, state: SearchState, best: Dict, history
     }
     lifted = [e for e in history["epochs"] if "controller_lift" in e]
     if lifted:  # the last evaluation's
-        results.update({key: lifted[-1][key] for key in (
-            "controller_valid_accuracy", "random_valid_accuracy", "controller_lift")})
+        results.update({key: lifted[-1][key] for key in LIFT_KEYS})
     results["flags"] = config.flags
     run_dir.write_json_atomic(os.path.join(config.run.output_dir, run_dir.RESULTS_FILE), results)
     return results
