@@ -150,14 +150,20 @@ def is_image_name(name: str) -> bool:
 
 def read_image(path: str, channel: int, size: int) -> np.ndarray:
     """One image as uint8 [size, size, channel]: grey, or colour in RGB order."""
-    flag = cv2.IMREAD_GRAYSCALE if channel == 1 else cv2.IMREAD_COLOR
-    image = cv2.imread(path, flag)
+    image = read_image_as_opencv(path, channel, size)
+    return image[..., ::-1] if channel == 3 else image  # OpenCV's BGR -> RGB
+
+
+def read_image_as_opencv(path: str, channel: int, size: int) -> np.ndarray:
+    """One image as OpenCV reads it, resized: uint8 [size, size, channel], grey or BGR.
+
+    This is the exported model's input (see src/serving.py)."""
+    if not os.path.isfile(path):
+        raise DataError(f"no such file: {path}")
+    image = cv2.imread(path, cv2.IMREAD_GRAYSCALE if channel == 1 else cv2.IMREAD_COLOR)
     if image is None:
         raise DataError(f"cannot read image (corrupt or unsupported): {path}")
-    if channel == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    image = resize_square(image, size)
-    return image.reshape(size, size, channel)  # grey [H, W] -> [H, W, 1]
+    return resize_square(image, size).reshape(size, size, channel)  # grey [H, W] -> [H, W, 1]
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from src import arc as arc_lib
 from src import data as data_lib
-from src import reporting, run_dir
+from src import reporting, run_dir, serving
 from src.configs import FixedTrainConfig
 from src.fixed_child import FixedChild
 from src.train_steps import FixedChildSteps, cosine_lr, restore_or_start, train_one_epoch
@@ -117,6 +117,9 @@ def _train(config, child_config, arc, arc_text, dataset) -> Dict:
     if test_pred is None:  # nothing trained now (--num_epochs 0, or already done)
         valid_acc, test_acc, test_pred = _evaluate(steps, dataset, config.data.eval_batch_size)
     _report_misclassified(out, dataset, test_pred)
+    model_dir = serving.export_model(model, dataset, config.data.img_size, config.data.channel,
+                                     os.path.join(out, serving.MODEL_DIR))
+    print(f"Exported the model (SavedModel, uint8 images in): {model_dir}")
     return _write_results(config, model, arc_text, int(epoch_var), valid_acc, test_acc,
                           wall_before + time.time() - start, dataset)
 

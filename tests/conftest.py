@@ -41,3 +41,14 @@ def tiny_folders(tmp_path_factory):
             for file in sorted(os.listdir(source))[:count]:
                 shutil.copy(os.path.join(source, file), root / split / name / file)
     return root
+
+
+# TensorFlow's fixed start-up lines, printed at import before any flag or log level applies.
+TF_STARTUP_LINES = ("WARNING: All log messages before absl::InitializeLog() is called",
+                    "port.cc:153] oneDNN custom operations are on")
+
+
+def without_tf_startup_lines(stderr: str) -> list:
+    """stderr's lines, less TensorFlow's fixed start-up lines."""
+    return [line for line in stderr.strip().splitlines()
+            if not any(marker in line for marker in TF_STARTUP_LINES)]
