@@ -16,11 +16,14 @@ import tensorflow as tf
 from src import arc as arc_lib
 from src import data as data_lib
 from src import reporting, run_dir, serving
+from src.summaries import RunSummaries
 from src.configs import FixedTrainConfig
 from src.fixed_child import FixedChild
 from src.train_steps import FixedChildSteps, cosine_lr, restore_or_start, train_one_epoch
 
 HISTORY_FILE = "history.json"
+# What each epoch puts in TensorBoard (the evaluation ones on evaluated epochs only).
+EPOCH_SCALARS = ("train_loss", "train_accuracy", "valid_accuracy", "test_accuracy")
 
 
 def predict(steps: FixedChildSteps, split: data_lib.Split, batch_size: int) -> np.ndarray:
@@ -54,7 +57,8 @@ def run(config: FixedTrainConfig) -> Dict:
         dataset = data_lib.load_dataset(config.data)
         child_config = _child_config_for(config, dataset)
         print(f"Classes ({dataset.num_classes}): {', '.join(dataset.class_names)}")
-        return _train(config, child_config, arc, arc_text, dataset)
+        with RunSummaries(out) as summaries:
+            return _train(config, child_config, arc, arc_text, dataset, summaries)
 
 
 def _child_config_for(config: FixedTrainConfig, dataset):
@@ -63,7 +67,7 @@ def _child_config_for(config: FixedTrainConfig, dataset):
                                channel=config.data.channel, img_size=config.data.img_size)
 
 
-def _train(config, child_config, arc, arc_text, dataset) -> Dict:
+def _train(config, child_config, arc, arc_text, dataset, summaries: RunSummaries) -> Dict:
     out, run_cfg = config.run.output_dir, config.run
     tf.random.set_seed(run_cfg.seed)
     model = FixedChild(child_config, arc)
@@ -72,6 +76,7 @@ def _train(config, child_config, arc, arc_text, dataset) -> Dict:
     print(f"Model has {model.num_params()} params")
     print(f"Aux head uses {model.num_aux_params()} params")
     reporting.save_arc_picture(arc, os.path.join(out, "arc.png"))
+    summaries.png("arc", os.path.join(out, "arc.png"), step=0)
 
     epoch_var = tf.Variable(0, dtype=tf.int64, name="epoch")
     step_var = tf.Variable(0, dtype=tf.int64, name="step")
@@ -103,13 +108,15 @@ def _train(config, child_config, arc, arc_text, dataset) -> Dict:
         steps.optimizer.learning_rate.assign(lr)
         record = {"epoch": epoch + 1, "lr": lr}
         record.update(train_one_epoch(step_fn, train_data, batches_per_epoch, epoch, lr, step_var,
-                                      run_cfg.log_every, start, desc=f"epoch {epoch + 1}"))
+                                      run_cfg.log_every, start, desc=f"epoch {epoch + 1}",
+                                      summaries=summaries))
         epoch_var.assign(epoch + 1)
         manager.save(checkpoint_number=epoch + 1)
         if (epoch + 1) % run_cfg.eval_every_epochs == 0 or epoch + 1 == run_cfg.num_epochs:
             valid_acc, test_acc, test_pred = _evaluate(steps, dataset, config.data.eval_batch_size)
             record.update(valid_accuracy=valid_acc, test_accuracy=test_acc)
         history["epochs"].append(record)
+        summaries.scalars({f"epoch/{key}": record.get(key) for key in EPOCH_SCALARS}, epoch + 1)
         _save_history(out, history)
         _write_results(config, model, arc_text, int(epoch_var), valid_acc, test_acc,
                        wall_before + time.time() - start, dataset)

@@ -21,6 +21,7 @@ import tensorflow as tf
 from src import arc as arc_lib
 from src import data as data_lib
 from src import reporting, run_dir
+from src.summaries import RunSummaries
 from src.configs import ControllerConfig, SearchConfig
 from src.controller import Controller
 from src.controller_step import ReinforceTrainer, reward_from
@@ -33,6 +34,9 @@ HISTORY_FILE = "history.json"
 NUM_SHOWN_ARCS = 10
 # What measure_lift adds to an evaluated epoch's record (and results.json the last of).
 LIFT_KEYS = ("controller_valid_accuracy", "random_valid_accuracy", "controller_lift")
+# What each epoch puts in TensorBoard (those an epoch lacks are skipped).
+EPOCH_SCALARS = ("train_loss", "train_accuracy", "valid_accuracy", "test_accuracy",
+                 "controller_mean_reward", "baseline") + LIFT_KEYS
 
 
 @dataclasses.dataclass
@@ -127,10 +131,11 @@ def run(config: SearchConfig) -> Dict:
             config.child, num_classes=dataset.num_classes, channel=config.data.channel,
             img_size=config.data.img_size))
         print(f"Classes ({dataset.num_classes}): {', '.join(dataset.class_names)}")
-        return _search(config, dataset)
+        with RunSummaries(out) as summaries:
+            return _search(config, dataset, summaries)
 
 
-def _search(config: SearchConfig, dataset) -> Dict:
+def _search(config: SearchConfig, dataset, summaries: RunSummaries) -> Dict:
     out, run_cfg = config.run.output_dir, config.run
     state = build_state(config)
     print(f"Shared child has {state.child.num_params()} params (aux head excluded)")
@@ -173,12 +178,12 @@ def _search(config: SearchConfig, dataset) -> Dict:
         record.update(train_one_epoch(
             lambda images, labels: child_step(state, images, labels, sampler),
             next_epoch_batches(), batches_per_epoch, epoch, lr, state.step, run_cfg.log_every,
-            start, desc=f"epoch {epoch + 1} child"))
+            start, desc=f"epoch {epoch + 1} child", summaries=summaries))
         record["step"] = int(state.step)
         valid_iter = iter(data_lib.endless_shuffled_batches(
             dataset.valid, config.data.eval_batch_size, seed=run_cfg.seed + epoch))
         if trains_controller(config.controller, epoch):
-            record.update(_train_controller(state, valid_iter, config, start))
+            record.update(_train_controller(state, valid_iter, config, start, summaries))
         shown = _show_sampled_arcs(state, valid_iter, sampler)
         arc_history += _score_arcs(state, shown, dataset.valid, config.data.eval_batch_size,
                                    epoch + 1)
@@ -186,6 +191,7 @@ def _search(config: SearchConfig, dataset) -> Dict:
         run_dir.write_text_atomic(os.path.join(out, BEST_ARC_FILE), best["arc"] + "\n")
         run_dir.write_json_atomic(os.path.join(out, ARC_HISTORY_FILE), arc_history)
         reporting.save_arc_picture(best["arc"], os.path.join(out, "best_arc.png"))
+        summaries.png("best_arc", os.path.join(out, "best_arc.png"), step=epoch + 1)
         print(f"Best arc so far (valid accuracy {best['valid_accuracy']:.4f}, "
               f"epoch {best['epoch']}): {best['arc']}")
         if (epoch + 1) % run_cfg.eval_every_epochs == 0 or epoch + 1 == run_cfg.num_epochs:
@@ -194,6 +200,7 @@ def _search(config: SearchConfig, dataset) -> Dict:
         state.epoch.assign(epoch + 1)
         manager.save(checkpoint_number=epoch + 1)
         history["epochs"].append(record)
+        summaries.scalars({f"epoch/{key}": record.get(key) for key in EPOCH_SCALARS}, epoch + 1)
         _save_history(out, history)
         results = _write_results(config, state, best, history, wall_before + time.time() - start)
     return results
@@ -244,7 +251,8 @@ def controller_update(state: SearchState, valid_iter, ctrl) -> Dict:
     return metrics
 
 
-def _train_controller(state: SearchState, valid_iter, config: SearchConfig, start: float) -> Dict:
+def _train_controller(state: SearchState, valid_iter, config: SearchConfig, start: float,
+                      summaries: RunSummaries) -> Dict:
     """REINFORCE: reward = shared-child accuracy on one validation batch + entropy bonus."""
     ctrl = config.controller
     print(f"Epoch {int(state.epoch) + 1}: training controller")
@@ -254,6 +262,11 @@ def _train_controller(state: SearchState, valid_iter, config: SearchConfig, star
         metrics = controller_update(state, valid_iter, ctrl)
         rewards_seen += metrics["rewards"]
         state.controller_step.assign_add(1)
+        summaries.scalars({"controller/reward": np.mean(metrics["rewards"]),
+                           "controller/baseline": state.reinforce.baseline,
+                           "controller/entropy": metrics["entropy"],
+                           "controller/loss": metrics["loss"],
+                           "controller/accuracy": metrics["accuracy"]}, int(state.controller_step))
         bar.write(f"ctrl_step={int(state.controller_step):<6d} loss={float(metrics['loss']):.4f} "
                   f"ent={metrics['entropy']:.2f} lr={ctrl.lr:.4f} "
                   f"|g|={float(metrics['grad_norm']):.4f} acc={metrics['accuracy']:.4f} "

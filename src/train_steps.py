@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -20,6 +20,7 @@ import tensorflow as tf
 from src import arc as arc_lib
 from src import reporting
 from src.configs import OptimConfig
+from src.summaries import RunSummaries
 
 
 def cosine_lr(epoch: int, optim: OptimConfig) -> float:
@@ -174,9 +175,11 @@ StepFn = Callable[[tf.Tensor, tf.Tensor], Dict[str, tf.Tensor]]
 
 
 def train_one_epoch(step_fn: StepFn, batches, num_batches: int, epoch: int, lr: float,
-                    step: tf.Variable, log_every: int, start: float, desc: str) -> Dict[str, float]:
+                    step: tf.Variable, log_every: int, start: float, desc: str,
+                    summaries: Optional[RunSummaries] = None) -> Dict[str, float]:
     """Runs step_fn(images, labels) -> {loss, grad_norm, correct} over one epoch with a
-    progress bar and a log line every log_every steps (global step counter `step`).
+    progress bar, a log line every log_every steps (global step counter `step`) and,
+    given summaries, the step's figures in TensorBoard.
 
     Returns the epoch's mean training loss and accuracy."""
     losses, correct, seen = [], 0, 0
@@ -187,6 +190,10 @@ def train_one_epoch(step_fn: StepFn, batches, num_batches: int, epoch: int, lr: 
         losses.append(float(metrics["loss"]))  # also waits for the step to finish
         correct += int(metrics["correct"])
         seen += int(labels.shape[0])
+        if summaries is not None:
+            summaries.scalars({"child/loss": losses[-1], "child/learning_rate": lr,
+                               "child/accuracy": int(metrics["correct"]) / int(labels.shape[0]),
+                               "child/grad_norm": metrics["grad_norm"]}, int(step))
         if int(step) % log_every == 0:
             bar.write(reporting.format_train_line(
                 epoch + 1, int(step), losses[-1], lr, float(metrics["grad_norm"]),

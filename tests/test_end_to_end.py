@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 
 from src import arc as arc_lib
 from src import fixed_train, search
@@ -41,6 +42,20 @@ def read(path):
         return f.read()
 
 
+def tensorboard_events(run_dir):
+    """{tag: [(step, value)]} from a run's TensorBoard event files, read back with
+    TensorFlow's reader; an image's value is its PNG width."""
+    events = {}
+    folder = os.path.join(run_dir, "tensorboard")
+    for name in sorted(os.listdir(folder)):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(folder, name)):
+            for value in event.summary.value:
+                array = tf.make_ndarray(value.tensor)
+                number = float(array) if array.ndim == 0 else int(array[0])  # image: [w, h, png...]
+                events.setdefault(value.tag, []).append((event.step, number))
+    return events
+
+
 def test_fixed_run_learns_writes_everything_and_resumes(tiny_folders, tmp_path):
     out = tmp_path / "fixed"
     results = fixed_train.run(fixed_config(tiny_folders, out, num_epochs=4))
@@ -59,6 +74,14 @@ def test_fixed_run_learns_writes_everything_and_resumes(tiny_folders, tmp_path):
     for picture in ("accuracy.png", "loss.png", "arc.png"):
         assert os.path.getsize(out / picture) > 0
     assert json.loads(read(out / "results.json"))["params"] == results["params"]
+    events = tensorboard_events(out)
+    # 48 images in batches of 12: 4 steps an epoch, 16 in 4 epochs.
+    assert [step for step, _ in events["child/loss"]] == list(range(1, 17))
+    for tag in ("child/accuracy", "child/learning_rate", "child/grad_norm"):
+        assert len(events[tag]) == 16
+    assert events["epoch/test_accuracy"][-1] == (4, pytest.approx(results["test_accuracy"]))
+    assert [step for step, _ in events["epoch/valid_accuracy"]] == [1, 2, 3, 4]
+    assert events["arc"][0][1] > 0
 
     # Rerunning with more epochs resumes at epoch 5; the earlier log is kept.
     results = fixed_train.run(fixed_config(tiny_folders, out, num_epochs=5))
@@ -103,6 +126,13 @@ def test_search_writes_best_arc_retrains_it_and_resumes(tiny_folders, tmp_path):
     assert max(entry["valid_accuracy"] for entry in history) == first["best_arc_valid_accuracy"]
     log = read(out / "stdout")
     assert "Here are 10 architectures" in log and "ctrl_step=" in log and "valid_accuracy:" in log
+    events = tensorboard_events(out)
+    assert len(events["child/loss"]) == first["child_steps"]
+    assert [step for step, _ in events["controller/reward"]] == [1, 2]  # 2 updates
+    for tag in ("controller/baseline", "controller/entropy", "epoch/valid_accuracy",
+                "epoch/controller_lift", "best_arc"):
+        assert tag in events, tag
+    assert events["epoch/controller_lift"][0][1] == pytest.approx(first["controller_lift"])
 
     # main_child_trainer.py accepts best_arc.txt.
     retrain = run_script("main_child_trainer.py", "--child_fixed_arc_file", str(out / "best_arc.txt"),
