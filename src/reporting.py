@@ -1,39 +1,42 @@
 """What a run shows and leaves behind for people: progress, pictures, error lists.
 
-Pictures are drawn with OpenCV and numpy only (OpenCV images are BGR uint8).
+The progress bar is tqdm's; pictures are matplotlib figures on the Agg canvas
+(no pyplot, so no global state: it works headless and in threads), written as
+PNG files. Functions that return a picture return it as cv2.imread would read
+the file: BGR uint8.
 """
 from __future__ import annotations
 
 import csv
 import io
 import math
-import shutil
 import sys
 import time
+import warnings
 from typing import Callable, Dict, List, Optional, Sequence, TextIO, Tuple, Union
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
-from src.arc import ArcError, NUM_BRANCHES, cell_nodes, parse_arc, split_arc, unused_ids, validate_arc
+from src.arc import (ArcError, NUM_BRANCHES, OP_NAMES, cell_nodes, parse_arc, split_arc, unused_ids,
+                     validate_arc)
 from src.run_dir import write_bytes_atomic, write_text_atomic
 
-FONT = cv2.FONT_HERSHEY_SIMPLEX
-WHITE = (255, 255, 255)
-BLACK = (0, 0, 0)
-DARK_GREY = (60, 60, 60)
-LIGHT_GREY = (225, 225, 225)
-
 OP_SHORT_NAMES = ("sep3x3", "sep5x5", "avg3x3", "max3x3", "id")
-# BGR, from the tab10 palette; one colour per op so edges can be told apart at a glance.
-OP_COLOURS = ((180, 119, 31), (189, 103, 148), (44, 160, 44), (40, 39, 214), (110, 110, 110))
-# tab10 again (BGR) for curves.
-SERIES_COLOURS = ((180, 119, 31), (14, 127, 255), (44, 160, 44), (40, 39, 214), (189, 103, 148),
-                  (75, 86, 140), (194, 119, 227), (127, 127, 127), (34, 189, 188), (207, 190, 23))
+# tab10 colours, one per op, so that edges can be told apart at a glance.
+OP_COLOURS = ("tab:blue", "tab:purple", "tab:green", "tab:red", "dimgray")
+CONCAT_EDGE = {"color": "darkgray", "linestyle": "--", "linewidth": 1.2}
+DPI = 100
+
+# Class names in scripts the bundled DejaVu Sans lacks (CJK, ...) show as boxes in the
+# pictures; misclassified.csv has them in full, so the warning would only be noise on stderr.
+warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning,
+                        module=__name__.replace(".", r"\."))
 
 
 # ----------------------------------------------------------------------------
-# Progress
+# Log lines
 
 
 def format_flags(flags: Dict) -> str:
@@ -62,94 +65,92 @@ def format_duration(seconds: float) -> str:
     return f"{total // 3600}h{total % 3600 // 60:02d}m"
 
 
-def _is_tty(stream: TextIO) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):  # no isatty, or a closed stream
-        return False
+# ----------------------------------------------------------------------------
+# Progress
 
 
 def _format_postfix_value(value) -> str:
-    # float() also turns 0-d tensors and numpy scalars into numbers; it only
-    # runs when the bar is drawn, so a tensor costs one sync 5 times a second.
+    # float() also turns 0-d tensors and numpy scalars into numbers.
     try:
         return f"{float(value):.4g}"
     except (TypeError, ValueError):
         return str(value)
 
 
-def _format_rate(steps_per_second: Optional[float]) -> str:
-    if not steps_per_second:
-        return "? step/s"
-    if steps_per_second >= 1:
-        return f"{steps_per_second:.1f} step/s"
-    return f"{1 / steps_per_second:.1f} s/step"
+class _LazyPostfixTqdm(tqdm):
+    """tqdm that formats the postfix values only when it draws the bar.
+
+    Overriding format_dict is tqdm's documented way to customise what it
+    shows; here it spares a float() (a device sync for a tensor) per step.
+    """
+
+    # No monitor thread: with miniters=1 the bar checks the time at every step anyway.
+    monitor_interval = 0
+
+    def __init__(self, *args, **kwargs):
+        self.postfix_values: Dict[str, object] = {}  # before tqdm's first draw
+        super().__init__(*args, **kwargs)
+
+    @property
+    def format_dict(self):
+        values = super().format_dict
+        values["postfix"] = ", ".join(f"{key}={_format_postfix_value(value)}"
+                                      for key, value in self.postfix_values.items())
+        return values
 
 
 class ProgressBar:
-    """A one-line progress bar with ETA, redrawn with '\\r' on a terminal only.
-
-    On anything that is not a TTY (log files, CI) it writes nothing at all,
+    """A tqdm progress bar on a terminal; on anything else (log files, CI) it writes nothing,
     since the training log lines already say where the run is.
-    `stream=None` means sys.stderr at construction time (so a Tee installed
-    earlier is honoured). `clock` exists for tests.
-    """
 
-    REDRAW_INTERVAL_S = 0.2  # at most ~5 redraws per second
-    BAR_WIDTH = 20
+    `stream=None` means sys.stderr at construction time (so a Tee installed
+    earlier is honoured). Every write of the bar starts with '\\r', which is
+    how run_dir.Tee keeps it out of the log file. `clock` exists for tests.
+    """
 
     def __init__(self, total_steps: int, desc: str = "", stream: Optional[TextIO] = None,
                  leave: bool = True, clock: Callable[[], float] = time.perf_counter):
         self.total = max(int(total_steps or 0), 0)
-        self.desc = desc
-        self.stream = sys.stderr if stream is None else stream
-        self.leave = leave
         self.n = 0
+        self.leave = leave
+        self._stream = sys.stderr if stream is None else stream
         self._clock = clock
-        self._postfix: Dict[str, object] = {}
-        self._enabled = _is_tty(self.stream)
-        self._closed = False
         self._start = clock()
-        self._last_draw = -math.inf
-        self._drawn_length = 0  # characters of the line on screen, to blank leftovers
-        if self._enabled:
-            # One character less than the terminal: a line that wraps cannot be redrawn by '\r'.
-            self._max_width = max(shutil.get_terminal_size().columns - 1, 20)
-            self._draw(self._start)
+        # leave=False: close() draws the last state itself (see there). disable=None: off on a non-TTY.
+        self._bar = _LazyPostfixTqdm(total=self.total or None, desc=desc, file=self._stream,
+                                     leave=False, disable=None, unit="step", miniters=1)
 
     def update(self, n: int = 1, **postfix) -> None:
         """Advances by n steps; keyword arguments are shown after the bar (loss=0.123)."""
         self.n += n
-        if not self._enabled:
-            return
         if postfix:
-            self._postfix = postfix
-        now = self._clock()
-        if now - self._last_draw >= self.REDRAW_INTERVAL_S:
-            self._draw(now)
+            self._bar.postfix_values = postfix
+        self._bar.update(n)
 
     def write(self, message: str, file: Optional[TextIO] = None) -> None:
-        """Prints a line (to sys.stdout by default) without garbling the bar."""
-        visible = self._enabled and not self._closed
-        if visible:
-            self._clear_line()
-        print(message, file=sys.stdout if file is None else file, flush=True)
-        if visible:
-            self._draw(self._clock())
+        """Prints a line (to sys.stdout by default) above the bar, which is redrawn below it."""
+        out = sys.stdout if file is None else file
+        self._bar.write(message, file=out)
+        out.flush()
+
+    def eta(self) -> str:
+        """Time left at the mean rate so far, as text ('?' before the first step)."""
+        # Counted here, not by tqdm: a disabled tqdm counts nothing, and the log lines need the ETA.
+        elapsed = self._clock() - self._start
+        if not self.total or self.n == 0 or elapsed <= 0:
+            return "?"
+        return format_duration(max(self.total - self.n, 0) * elapsed / self.n)
 
     def close(self) -> None:
-        """Draws the final state and ends the line (or blanks it if leave=False)."""
-        if self._closed:
-            return
-        self._closed = True
-        if not self._enabled:
-            return
-        if self.leave:
-            # One write starting with '\r', so that Tee keeps it out of the log file.
-            self.stream.write(self._padded_line(self._clock()) + "\n")
-            self.stream.flush()
-        else:
-            self._clear_line()
+        """Ends the bar, leaving its last state on screen if leave=True."""
+        visible = not self._bar.disable
+        last_line = str(self._bar) if visible else ""
+        self._bar.close()
+        if visible and self.leave:
+            # tqdm's own leave=True ends the line with a bare '\n' that Tee would log as an
+            # empty line; one '\r'-led write keeps the bar off the log file.
+            self._stream.write(f"\r{last_line}\n")
+            self._stream.flush()
 
     def __enter__(self) -> "ProgressBar":
         return self
@@ -157,50 +158,37 @@ class ProgressBar:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def eta(self) -> str:
-        """Time left at the current rate, as text ('?' before the first step)."""
-        elapsed = self._clock() - self._start
-        if not self.total or self.n == 0 or elapsed <= 0:
-            return "?"
-        return format_duration(max(self.total - self.n, 0) * elapsed / self.n)
 
-    def render(self, now: float, with_bar: bool = True) -> str:
-        """The text of the bar at time `now` (no '\\r')."""
-        elapsed = now - self._start
-        rate = self.n / elapsed if self.n > 0 and elapsed > 0 else None
-        parts = [self.desc] if self.desc else []
-        if self.total:
-            fraction = min(self.n / self.total, 1.0)
-            eta = max(self.total - self.n, 0) / rate if rate else None
-            parts.append(f"{fraction * 100:3.0f}%")
-            if with_bar:
-                filled = int(fraction * self.BAR_WIDTH)
-                parts.append("[" + "#" * filled + "." * (self.BAR_WIDTH - filled) + "]")
-            parts += [f"{self.n}/{self.total}", _format_rate(rate),
-                      f"elapsed {format_duration(elapsed)}", f"eta {format_duration(eta)}"]
-        else:  # unknown length: count only
-            parts += [f"{self.n} steps", _format_rate(rate), f"elapsed {format_duration(elapsed)}"]
-        parts += [f"{key}={_format_postfix_value(value)}" for key, value in self._postfix.items()]
-        return " ".join(parts)
+# ----------------------------------------------------------------------------
+# Figures
 
-    def _padded_line(self, now: float) -> str:
-        line = self.render(now)
-        if len(line) > self._max_width:
-            # On a narrow terminal the numbers (loss, ETA) matter more than the bar.
-            line = self.render(now, with_bar=False)[:self._max_width]
-        padded = line.ljust(self._drawn_length)
-        self._drawn_length = len(line)
-        return "\r" + padded
 
-    def _draw(self, now: float) -> None:
-        self.stream.write(self._padded_line(now))
-        self.stream.flush()
-        self._last_draw = now
+def _new_figure(width: float, height: float, **kwargs):
+    """A matplotlib Figure of width x height inches on the Agg canvas."""
+    # Imported on first use: matplotlib takes ~0.5 s to import, which code that only logs need not pay.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    figure = Figure(figsize=(width, height), dpi=DPI, facecolor="white", **kwargs)
+    FigureCanvasAgg(figure)
+    return figure
 
-    def _clear_line(self) -> None:
-        self.stream.write("\r" + " " * self._drawn_length + "\r")
-        self.stream.flush()
-        self._drawn_length = 0
+
+def _png_bytes(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def _decode(png: bytes) -> np.ndarray:
+    """The BGR uint8 pixels of a PNG."""
+    return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+
+
+def _save_figure(figure, path: str) -> np.ndarray:
+    """Writes the figure as a PNG to `path` atomically; returns its BGR pixels."""
+    png = _png_bytes(figure)
+    write_bytes_atomic(path, png)
+    return _decode(png)
 
 
 # ----------------------------------------------------------------------------
@@ -250,50 +238,45 @@ def _to_uint8(images: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(images) * scale + 0.5, 0, 255).astype(np.uint8)
 
 
-def _to_bgr(image: np.ndarray) -> np.ndarray:
-    """A 3-channel BGR image from an HxW, HxWx1, RGB or RGBA one."""
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_RGBA2BGR)
-    return np.ascontiguousarray(image[:, :, ::-1])  # RGB -> BGR
+def _short(name: str, max_chars: int = 10) -> str:
+    # matplotlib does not fit text into a box: long class names are cut so captions stay apart.
+    return name if len(name) <= max_chars else name[:max_chars - 1] + "…"
 
 
-def _resize_tile(image: np.ndarray, min_side: int = 64, max_side: int = 160) -> np.ndarray:
-    """Upscales small images by an integer factor (crisp pixels), shrinks big ones."""
-    height, width = image.shape[:2]
-    if min(height, width) < min_side:
-        factor = math.ceil(min_side / min(height, width))
-        return cv2.resize(image, (width * factor, height * factor), interpolation=cv2.INTER_NEAREST)
-    if max(height, width) > max_side:
-        scale = max_side / max(height, width)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    return image
+def _grid_figure(tiles: np.ndarray, captions: List[str], header: str):
+    """The tiles (all of one size) in a near-square grid, each under its caption.
 
-
-def _fit_text(text: str, max_width: int, scale: float, min_scale: float = 0.3,
-              thickness: int = 1) -> Tuple[str, float]:
-    """Shrinks the font, then cuts the text with '..', until it fits in max_width pixels."""
-    while scale > min_scale and _text_width(text, scale, thickness) > max_width:
-        scale = round(scale - 0.05, 2)
-    while len(text) > 3 and _text_width(text, scale, thickness) > max_width:
-        text = text[:-3] + ".."
-    return text, scale
-
-
-def _text_width(text: str, scale: float, thickness: int = 1) -> int:
-    return cv2.getTextSize(text, FONT, scale, thickness)[0][0]
+    One Axes holds every tile, placed by its extent in units of a tile's
+    width: 64 Axes of their own take matplotlib seconds to lay out.
+    """
+    if tiles.ndim == 4 and tiles.shape[3] == 1:
+        tiles = tiles[..., 0]
+    grey = {"cmap": "gray", "vmin": 0, "vmax": 255} if tiles.ndim == 3 else {}
+    cols = math.ceil(math.sqrt(len(tiles)))
+    rows = math.ceil(len(tiles) / cols)
+    tile_h = tiles.shape[1] / tiles.shape[2]
+    step_x, step_y, caption_h = 1.3, tile_h + 0.3, 0.25
+    figure = _new_figure(max(1.2 * step_x * cols, 4.0), 1.2 * step_y * rows + 0.5, layout="constrained")
+    figure.suptitle(header)
+    ax = figure.add_subplot()
+    for index, (tile, caption) in enumerate(zip(tiles, captions)):
+        row, col = divmod(index, cols)
+        left, top = col * step_x, row * step_y + caption_h
+        ax.imshow(tile, extent=(left, left + 1, top + tile_h, top), **grey)
+        ax.text(left + 0.5, top - 0.04, caption, fontsize=8, ha="center", va="bottom")
+    ax.set_xlim(-0.15, cols * step_x - 0.15)
+    ax.set_ylim(rows * step_y, 0)
+    ax.set_aspect("equal")
+    ax.set_axis_off()
+    return figure
 
 
 def save_misclassified_grid(path: str, images, true_labels, pred_labels,
                             class_names: Sequence[str], max_images: int = 64) -> bool:
-    """A PNG grid of up to max_images misclassified images captioned 'true->pred',
+    """A PNG grid of up to max_images misclassified images captioned 'true → pred',
     spread evenly over all the misclassified ones.
 
-    images: [N,H,W], [N,H,W,1] or [N,H,W,3] (RGB), uint8 or float in [0,1].
+    images: [N,H,W], [N,H,W,1], [N,H,W,3] (RGB) or [N,H,W,4] (RGBA), uint8 or float in [0,1].
     Returns False (and writes nothing) when nothing is misclassified.
     """
     wrong = _misclassified_indices(true_labels, pred_labels)
@@ -302,60 +285,28 @@ def save_misclassified_grid(path: str, images, true_labels, pred_labels,
     # Evenly spaced over the list, so that every class (the list is in class order) shows.
     shown = wrong[np.linspace(0, wrong.size - 1, min(max_images, wrong.size)).round().astype(int)]
     true, pred = _as_labels(true_labels), _as_labels(pred_labels)
-    tiles = [_resize_tile(_to_bgr(image)) for image in _to_uint8(np.asarray(images)[shown])]
-    captions = [f"{_class_name(class_names, true[i])}->{_class_name(class_names, pred[i])}" for i in shown]
-    tile_h = max(t.shape[0] for t in tiles)
-    tile_w = max(t.shape[1] for t in tiles)
-    caption_scale = 0.4
-    # Cells widen for long class names, up to a point; beyond it the text shrinks.
-    cell_w = min(max(tile_w, max(_text_width(c, caption_scale) for c in captions)), max(tile_w, 180)) + 8
-    caption_h, pad, header_h = 18, 6, 30
-    cols = math.ceil(math.sqrt(len(tiles)))
-    rows = math.ceil(len(tiles) / cols)
-    cell_h = tile_h + caption_h
-    canvas_w = max(cols * (cell_w + pad) + pad, 320)
-    canvas = np.full((header_h + rows * (cell_h + pad) + pad, canvas_w, 3), 255, np.uint8)
-    header = f"{wrong.size} misclassified, {len(tiles)} shown (true->predicted)"
-    header, header_scale = _fit_text(header, canvas_w - 2 * pad, 0.55)
-    cv2.putText(canvas, header, (pad, 21), FONT, header_scale, BLACK, 1, cv2.LINE_AA)
-    for index, (tile, caption) in enumerate(zip(tiles, captions)):
-        row, col = divmod(index, cols)
-        x0 = pad + col * (cell_w + pad)
-        y0 = header_h + pad + row * (cell_h + pad)
-        tx = x0 + (cell_w - tile.shape[1]) // 2
-        canvas[y0:y0 + tile.shape[0], tx:tx + tile.shape[1]] = tile
-        text, scale = _fit_text(caption, cell_w - 2, caption_scale)
-        text_x = x0 + (cell_w - _text_width(text, scale)) // 2
-        cv2.putText(canvas, text, (text_x, y0 + tile_h + 13), FONT, scale, BLACK, 1, cv2.LINE_AA)
-    _write_png(path, canvas)
+    captions = [f"{_short(_class_name(class_names, true[i]))} → {_short(_class_name(class_names, pred[i]))}"
+                for i in shown]
+    header = f"{wrong.size} misclassified, {shown.size} shown (true → predicted)"
+    _save_figure(_grid_figure(_to_uint8(np.asarray(images)[shown]), captions, header), path)
     return True
-
-
-def _write_png(path: str, image: np.ndarray) -> None:
-    ok, encoded = cv2.imencode(".png", image)
-    if not ok:
-        raise OSError(f"could not encode a PNG for {path}")
-    write_bytes_atomic(path, encoded.tobytes())
 
 
 # ----------------------------------------------------------------------------
 # Cell diagrams
 #
-# Layout: the cell's ids run top to bottom in one column (h[i-1], h[i],
-# node 2 .. node B+1, concat). Edges are arcs that leave the column on the
-# side of their role (x inputs on the left, y inputs and the edges into
-# concat on the right) and bulge out in proportion to the ids they skip, so
-# they never cross a box, and longer edges nest outside shorter ones. Each op
-# label sits at the tip of its arc; two tips at the same height are at least
-# two spans apart, so labels do not overlap.
+# Layout (data units: one row per id): the cell's ids run top to bottom in one
+# column (h[i-1], h[i], node 2 .. node B+1, concat). Edges are arcs that leave
+# the column on the side of their role (x inputs on the left, y inputs and the
+# edges into concat on the right) and bulge out in proportion to the ids they
+# skip, so they never cross a box and longer edges nest outside shorter ones.
+# Each op label sits at the tip of its arc; two tips at the same height are at
+# least two spans apart, so labels do not overlap.
 
-_BOX_W, _BOX_H = 110, 36
-_ROW_H = 78
-_SPAN_STEP = 40  # how far an arc bulges out per id it spans
-_TITLE_H = 56
-_MARGIN = 16
-_EDGE_OFFSET = 7  # edges leave a box below its middle and arrive above it
-_LABEL_SCALE, _BOX_SCALE, _TITLE_SCALE = 0.5, 0.55, 0.8
+_BOX_W, _BOX_H = 1.3, 0.5
+_BULGE = 0.5  # how far an arc's tip is from the column, per id it spans
+_EDGE_OFFSET = 0.12  # edges leave a box below its middle and arrive above it
+_INCHES_PER_ROW = 0.75
 
 
 def _check_cell(cell: Sequence[int]) -> None:
@@ -379,65 +330,12 @@ def _box_name(node_id: int, num_nodes: int) -> str:
     return f"node {node_id}"
 
 
-def _box_fill(node_id: int, num_nodes: int) -> Tuple[int, int, int]:
+def _box_fill(node_id: int, num_nodes: int) -> str:
     if node_id < 2:
-        return (250, 228, 200)  # inputs: light blue
+        return "#c8e4fa"  # inputs: light blue
     if node_id == num_nodes + 2:
-        return (205, 240, 205)  # output: light green
-    return (205, 240, 255)  # nodes: light yellow
-
-
-def _bezier(p0, control, p2, steps: int = 49) -> np.ndarray:
-    t = np.linspace(0.0, 1.0, steps)[:, None]
-    return (1 - t) ** 2 * np.asarray(p0, float) + 2 * (1 - t) * t * np.asarray(control, float) \
-        + t ** 2 * np.asarray(p2, float)
-
-
-def _point_back_along(points: np.ndarray, distance: float) -> np.ndarray:
-    """The point of the polyline `distance` pixels before its end."""
-    remaining = distance
-    for i in range(len(points) - 1, 0, -1):
-        segment = np.linalg.norm(points[i] - points[i - 1])
-        if segment >= remaining:
-            return points[i] + (points[i - 1] - points[i]) * (remaining / segment)
-        remaining -= segment
-    return points[0]
-
-
-def _draw_arrow_curve(image, points: np.ndarray, colour, thickness: int) -> None:
-    """Draws a polyline ending in an arrowhead of fixed size."""
-    head_len = 11.0
-    tail = _point_back_along(points, head_len)
-    body = np.vstack([points[np.linalg.norm(points - points[-1], axis=1) > head_len], tail])
-    cv2.polylines(image, [np.round(body).astype(np.int32)], False, colour, thickness, cv2.LINE_AA)
-    start = tuple(int(round(v)) for v in tail)
-    end = tuple(int(round(v)) for v in points[-1])
-    cv2.arrowedLine(image, start, end, colour, thickness, cv2.LINE_AA, tipLength=0.9)
-
-
-def _put_centred(image, text: str, centre, scale: float, colour, thickness: int = 1) -> None:
-    (width, height), _ = cv2.getTextSize(text, FONT, scale, thickness)
-    origin = (int(round(centre[0] - width / 2)), int(round(centre[1] + height / 2)))
-    cv2.putText(image, text, origin, FONT, scale, colour, thickness, cv2.LINE_AA)
-
-
-def _draw_label(image, text: str, centre, colour) -> None:
-    """The op name on a white tag with a border in the op's colour (hides lines behind it)."""
-    (width, height), _ = cv2.getTextSize(text, FONT, _LABEL_SCALE, 1)
-    x, y = int(round(centre[0])), int(round(centre[1]))
-    half_w, half_h = width // 2 + 5, height // 2 + 5
-    cv2.rectangle(image, (x - half_w, y - half_h), (x + half_w, y + half_h), WHITE, -1)
-    cv2.rectangle(image, (x - half_w, y - half_h), (x + half_w, y + half_h), colour, 1, cv2.LINE_AA)
-    _put_centred(image, text, (x, y), _LABEL_SCALE, colour)
-
-
-def _draw_box(image, text: str, centre, fill, bold: bool) -> None:
-    x, y = centre
-    top_left = (x - _BOX_W // 2, y - _BOX_H // 2)
-    bottom_right = (x + _BOX_W // 2, y + _BOX_H // 2)
-    cv2.rectangle(image, top_left, bottom_right, fill, -1)
-    cv2.rectangle(image, top_left, bottom_right, DARK_GREY, 2 if bold else 1, cv2.LINE_AA)
-    _put_centred(image, text, (x, y), _BOX_SCALE, BLACK)
+        return "#cdf0cd"  # output: light green
+    return "#fff0cd"  # nodes: light yellow
 
 
 def _cell_edges(cell: Sequence[int]) -> List[Tuple[int, int, int, Optional[int]]]:
@@ -452,194 +350,146 @@ def _cell_edges(cell: Sequence[int]) -> List[Tuple[int, int, int, Optional[int]]
     return edges
 
 
-def draw_cell(cell: Sequence[int], title: str) -> np.ndarray:
-    """A BGR uint8 diagram of one cell (4 * B ints): boxes for ids, op-labelled arcs for edges."""
-    cell = tuple(int(v) for v in cell)
-    _check_cell(cell)
-    num_nodes = len(cell) // 4
-    max_span = num_nodes + 2  # h[i-1] -> concat
-    half_width = _BOX_W // 2 + _SPAN_STEP * max_span + _MARGIN + 4
-    width, centre_x = 2 * half_width, half_width
-    height = _TITLE_H + (num_nodes + 3) * _ROW_H + _MARGIN // 2
-    image = np.full((height, width, 3), 255, np.uint8)
-    row_y = [_TITLE_H + _ROW_H * i + _ROW_H // 2 for i in range(num_nodes + 3)]
+def _draw_edge(ax, source: int, target: int, side: int, op: Optional[int]) -> None:
+    """An arrow from id `source` down to id `target`, bulging out on `side`, labelled with its op."""
+    from matplotlib.patches import FancyArrowPatch
+    x = side * _BOX_W / 2
+    start, end = (x, -source - _EDGE_OFFSET), (x, -target + _EDGE_OFFSET)
+    tip = _BULGE * (target - source)
+    # arc3 bends by `rad` times the chord; the curve's middle is half way to its control point.
+    # (Axes with an equal aspect make this hold in data units as it does on screen.)
+    rad = 2 * side * tip / (end[1] - start[1])
+    style = CONCAT_EDGE if op is None else {"color": OP_COLOURS[op], "linewidth": 2}
+    ax.add_patch(FancyArrowPatch(start, end, connectionstyle=f"arc3,rad={rad}", arrowstyle="-|>",
+                                 mutation_scale=14, shrinkA=0, shrinkB=0,
+                                 zorder=1 if op is None else 2, **style))
+    if op is not None:
+        ax.text(x + side * tip, (start[1] + end[1]) / 2, OP_SHORT_NAMES[op], color=OP_COLOURS[op],
+                fontsize=9, ha="center", va="center", zorder=4,
+                bbox={"boxstyle": "round,pad=0.25", "facecolor": "white", "edgecolor": OP_COLOURS[op]})
 
-    _put_centred(image, title, (centre_x, _TITLE_H // 2 + 4), _TITLE_SCALE, BLACK, 2)
-    edges = _cell_edges(cell)
-    labels = []
-    # Concat edges first so that op edges are drawn over them.
-    for source, target, side, op in sorted(edges, key=lambda e: e[3] is not None):
-        side_x = centre_x + side * _BOX_W // 2
-        start = (side_x, row_y[source] + _EDGE_OFFSET)
-        end = (side_x, row_y[target] - _EDGE_OFFSET)
-        bulge = _SPAN_STEP * (target - source)
-        # A quadratic Bezier's middle lies halfway to its control point.
-        control = (side_x + side * 2 * bulge, (start[1] + end[1]) / 2)
-        points = _bezier(start, control, end)
-        if op is None:
-            _draw_arrow_curve(image, points, (150, 150, 150), 1)
-        else:
-            _draw_arrow_curve(image, points, OP_COLOURS[op], 2)
-            labels.append((OP_SHORT_NAMES[op], points[len(points) // 2], OP_COLOURS[op]))
+
+def _draw_box(ax, node_id: int, num_nodes: int, bold: bool) -> None:
+    from matplotlib.patches import FancyBboxPatch
+    ax.add_patch(FancyBboxPatch((-_BOX_W / 2, -node_id - _BOX_H / 2), _BOX_W, _BOX_H,
+                                boxstyle="round,pad=0,rounding_size=0.08", zorder=3,
+                                facecolor=_box_fill(node_id, num_nodes), edgecolor="#3c3c3c",
+                                linewidth=2.2 if bold else 1))
+    ax.text(0, -node_id, _box_name(node_id, num_nodes), fontsize=10, ha="center", va="center", zorder=3)
+
+
+def _cell_half_width(num_nodes: int) -> float:
+    """Half the width of a cell's drawing: the widest arc (h[i-1] -> concat) and its label."""
+    return _BOX_W / 2 + _BULGE * (num_nodes + 2) + 0.6
+
+
+def _draw_cell_on(ax, cell: Tuple[int, ...], title: str) -> None:
+    """Boxes for the ids of a valid `cell`, op-coloured arcs for its edges; bold boxes feed concat."""
+    num_nodes = len(cell) // 4
+    for edge in _cell_edges(cell):
+        _draw_edge(ax, *edge)
     concat_inputs = set(unused_ids(cell))
     for node_id in range(num_nodes + 3):
-        _draw_box(image, _box_name(node_id, num_nodes), (centre_x, row_y[node_id]),
-                  _box_fill(node_id, num_nodes), bold=node_id in concat_inputs)
-    for text, centre, colour in labels:  # last, so that no line crosses a label
-        _draw_label(image, text, centre, colour)
-    return image
+        _draw_box(ax, node_id, num_nodes, bold=node_id in concat_inputs)
+    half_width = _cell_half_width(num_nodes)
+    ax.set_xlim(-half_width, half_width)
+    ax.set_ylim(-num_nodes - 2.6, 0.6)
+    ax.set_aspect("equal")
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=14, fontweight="bold")
 
 
-def draw_arc(arc: Union[str, Sequence[int]]) -> np.ndarray:
-    """Both cells of an arc side by side (normal left, reduction right), BGR uint8."""
+def _add_op_legend(figure) -> None:
+    from matplotlib.lines import Line2D
+    handles = [Line2D([], [], color=colour, linewidth=2, label=f"{short} = {name}")
+               for short, name, colour in zip(OP_SHORT_NAMES, OP_NAMES, OP_COLOURS)]
+    handles.append(Line2D([], [], label="into concat (bold boxes)", **CONCAT_EDGE))
+    figure.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
+
+
+def _cell_figure(cell: Sequence[int], title: str):
+    cell = tuple(int(v) for v in cell)
+    _check_cell(cell)
+    rows = len(cell) // 4 + 3
+    figure = _new_figure(2 * _cell_half_width(rows - 3) * _INCHES_PER_ROW,
+                         rows * _INCHES_PER_ROW + 1.5, layout="constrained")
+    _draw_cell_on(figure.add_subplot(), cell, title)
+    _add_op_legend(figure)
+    return figure
+
+
+def _arc_figure(arc: Union[str, Sequence[int]]):
     if isinstance(arc, str):
         arc = parse_arc(arc, num_cells=len(arc.split()) // 8)
     arc = tuple(int(v) for v in arc)
     num_cells = len(arc) // 8
     validate_arc(arc, num_cells)
     normal, reduction = split_arc(arc, num_cells)
-    left, right = draw_cell(normal, "normal cell"), draw_cell(reduction, "reduction cell")
-    separator = np.full((left.shape[0], 2, 3), LIGHT_GREY, np.uint8)
-    return np.hstack([left, separator, right])
+    figure = _new_figure(14, 7, layout="constrained")
+    left, right = figure.subplots(1, 2)
+    _draw_cell_on(left, normal, "normal cell")
+    _draw_cell_on(right, reduction, "reduction cell")
+    _add_op_legend(figure)
+    return figure
+
+
+def draw_cell(cell: Sequence[int], title: str) -> np.ndarray:
+    """A BGR uint8 diagram of one cell (4 * B ints); raises ArcError for a bad cell."""
+    return _decode(_png_bytes(_cell_figure(cell, title)))
+
+
+def draw_arc(arc: Union[str, Sequence[int]]) -> np.ndarray:
+    """Both cells of an arc side by side (normal left, reduction right), BGR uint8."""
+    return _decode(_png_bytes(_arc_figure(arc)))
 
 
 def save_arc_picture(arc: Union[str, Sequence[int]], path: str) -> np.ndarray:
-    """Writes the PNG of draw_arc(arc) to `path` and returns the image."""
-    image = draw_arc(arc)
-    _write_png(path, image)
-    return image
+    """Writes the PNG of draw_arc(arc) to `path` and returns the image (BGR uint8)."""
+    return _save_figure(_arc_figure(arc), path)
 
 
 # ----------------------------------------------------------------------------
 # Curves
 
 
-def _nice_step(raw_step: float) -> float:
-    """The 1, 2, 2.5 or 5 times a power of ten at or above raw_step."""
-    exponent = math.floor(math.log10(raw_step))
-    for multiple in (1, 2, 2.5, 5, 10):
-        step = multiple * 10 ** exponent
-        if step >= raw_step * (1 - 1e-9):
-            return step
-    return 10 ** (exponent + 1)
+def _finite_xy(points: Sequence[Tuple[float, float]]) -> Tuple[np.ndarray, np.ndarray]:
+    """x and y arrays with NaN where a point is not finite (a diverged loss), which
+    matplotlib draws as a gap in the line."""
+    xy = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    finite = np.isfinite(xy).all(axis=1)
+    return np.where(finite, xy[:, 0], np.nan), np.where(finite, xy[:, 1], np.nan)
 
 
-def _nice_ticks(low: float, high: float, max_ticks: int) -> List[float]:
-    """Round tick values covering [low, high]."""
-    step = _nice_step((high - low) / max(max_ticks - 1, 1))
-    first = math.floor(low / step + 1e-9) * step
-    last = math.ceil(high / step - 1e-9) * step
-    count = int(round((last - first) / step)) + 1
-    return [first + i * step for i in range(count)]
-
-
-def _tick_text(value: float, step: float) -> str:
-    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
-    if step % 1 and decimals == 0:
-        decimals = 1  # 2.5
-    if abs(step * 10 ** decimals - round(step * 10 ** decimals)) > 1e-6:
-        decimals += 1
-    text = f"{value:.{decimals}f}"
-    return text.lstrip("-") if float(text) == 0 else text  # '0.0', not '-0.0'
-
-
-def _padded_range(values: List[float], default: Tuple[float, float]) -> Tuple[float, float]:
-    if not values:
-        return default
-    low, high = min(values), max(values)
-    if high - low < 1e-12:  # one point, or a flat line: give it room
-        pad = abs(low) * 0.05 or 0.5
-        return low - pad, high + pad
-    return low, high
-
-
-def _finite_segments(points: Sequence[Tuple[float, float]]) -> List[List[Tuple[float, float]]]:
-    """Splits a series at NaN/inf points (a diverged loss) into drawable runs."""
-    segments, current = [], []
-    for x, y in points:
-        if math.isfinite(float(x)) and math.isfinite(float(y)):
-            current.append((float(x), float(y)))
-        elif current:
-            segments.append(current)
-            current = []
-    if current:
-        segments.append(current)
-    return segments
-
-
-def _rotated_text(text: str, scale: float) -> np.ndarray:
-    """White image of `text` turned 90 degrees counter-clockwise (for the y label)."""
-    (width, height), baseline = cv2.getTextSize(text, FONT, scale, 1)
-    patch = np.full((height + baseline + 4, width + 4, 3), 255, np.uint8)
-    cv2.putText(patch, text, (2, height + 2), FONT, scale, BLACK, 1, cv2.LINE_AA)
-    return cv2.rotate(patch, cv2.ROTATE_90_COUNTERCLOCKWISE)
+def _curves_figure(series: Dict[str, Sequence[Tuple[float, float]]], title: str, xlabel: str,
+                   ylabel: str, size: Tuple[int, int]):
+    figure = _new_figure(size[0] / DPI, size[1] / DPI, layout="constrained")
+    ax = figure.add_subplot()
+    any_data = False
+    for name, points in series.items():
+        x, y = _finite_xy(points)
+        count = int(np.isfinite(y).sum())
+        any_data = any_data or count > 0
+        ax.plot(x, y, label=name if count else f"{name} (no data)", linewidth=2,
+                marker="o" if count <= 60 else None, markersize=4)  # markers while they stay readable
+    if not any_data:
+        ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center",
+                fontsize=14, color="gray")
+    ax.set_title(title, fontsize=13)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.35)
+    if series:  # an empty legend would warn
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return figure
 
 
 def draw_curves(series: Dict[str, Sequence[Tuple[float, float]]], title: str,
                 xlabel: str = "epoch", ylabel: str = "", size: Tuple[int, int] = (960, 540)) -> np.ndarray:
-    """A BGR line plot of named (x, y) series on shared axes, with ticks, labels and a legend."""
-    width, height = size
-    segments = {name: _finite_segments(points) for name, points in series.items()}
-    xs = [x for runs in segments.values() for run in runs for x, _ in run]
-    ys = [y for runs in segments.values() for run in runs for _, y in run]
-    x_ticks = _nice_ticks(*_padded_range(xs, (0.0, 1.0)), max_ticks=10)
-    y_ticks = _nice_ticks(*_padded_range(ys, (0.0, 1.0)), max_ticks=7)
-    x_step, y_step = x_ticks[1] - x_ticks[0], y_ticks[1] - y_ticks[0]
-    y_texts = [_tick_text(v, y_step) for v in y_ticks]
-    tick_scale, legend_scale = 0.45, 0.5
-
-    legend_names = [name if any(segments[name]) else f"{name} (no data)" for name in series]
-    legend_w = max([_text_width(n, legend_scale) for n in legend_names] + [0]) + 50 if series else 0
-    left = 30 + max(_text_width(t, tick_scale) for t in y_texts) + 16
-    right = width - 20 - legend_w
-    top, bottom = 50, height - 55
-    image = np.full((height, width, 3), 255, np.uint8)
-
-    def to_pixel(x: float, y: float) -> Tuple[float, float]:
-        px = left + (x - x_ticks[0]) / (x_ticks[-1] - x_ticks[0]) * (right - left)
-        py = bottom - (y - y_ticks[0]) / (y_ticks[-1] - y_ticks[0]) * (bottom - top)
-        return px, py
-
-    for value, text in zip(y_ticks, y_texts):
-        py = int(round(to_pixel(x_ticks[0], value)[1]))
-        cv2.line(image, (left, py), (right, py), LIGHT_GREY, 1)
-        cv2.putText(image, text, (left - 8 - _text_width(text, tick_scale), py + 5), FONT, tick_scale,
-                    DARK_GREY, 1, cv2.LINE_AA)
-    for value in x_ticks:
-        px = int(round(to_pixel(value, y_ticks[0])[0]))
-        cv2.line(image, (px, top), (px, bottom), LIGHT_GREY, 1)
-        text = _tick_text(value, x_step)
-        cv2.putText(image, text, (px - _text_width(text, tick_scale) // 2, bottom + 20), FONT, tick_scale,
-                    DARK_GREY, 1, cv2.LINE_AA)
-    cv2.rectangle(image, (left, top), (right, bottom), DARK_GREY, 1)
-
-    for index, name in enumerate(series):
-        colour = SERIES_COLOURS[index % len(SERIES_COLOURS)]
-        run_points = [np.round([to_pixel(x, y) for x, y in run]).astype(np.int32) for run in segments[name]]
-        cv2.polylines(image, run_points, False, colour, 2, cv2.LINE_AA)
-        if sum(len(run) for run in run_points) <= 60:  # markers while they stay readable
-            for point in np.vstack(run_points) if run_points else []:
-                cv2.circle(image, tuple(int(v) for v in point), 3, colour, -1, cv2.LINE_AA)
-        legend_y = top + 12 + 24 * index
-        cv2.line(image, (right + 20, legend_y), (right + 44, legend_y), colour, 2, cv2.LINE_AA)
-        cv2.putText(image, legend_names[index], (right + 50, legend_y + 5), FONT, legend_scale, BLACK, 1,
-                    cv2.LINE_AA)
-
-    if not xs:
-        _put_centred(image, "no data", ((left + right) / 2, (top + bottom) / 2), 0.8, (150, 150, 150))
-    _put_centred(image, title, (width / 2, 24), 0.7, BLACK, 2)
-    _put_centred(image, xlabel, ((left + right) / 2, height - 18), 0.55, BLACK)
-    if ylabel:
-        patch = _rotated_text(ylabel, 0.55)
-        y0 = max(int((top + bottom) / 2 - patch.shape[0] / 2), 0)
-        patch = patch[:height - y0]
-        image[y0:y0 + patch.shape[0], 6:6 + patch.shape[1]] = patch
-    return image
+    """A BGR line plot (size in pixels) of named (x, y) series on shared axes, with a legend."""
+    return _decode(_png_bytes(_curves_figure(series, title, xlabel, ylabel, size)))
 
 
 def save_curves(path: str, series: Dict[str, Sequence[Tuple[float, float]]], title: str,
                 xlabel: str = "epoch", ylabel: str = "") -> np.ndarray:
-    """Writes draw_curves(...) as a PNG to `path` and returns the image."""
-    image = draw_curves(series, title, xlabel, ylabel)
-    _write_png(path, image)
-    return image
+    """Writes draw_curves(...) as a PNG to `path` and returns the image (BGR uint8)."""
+    return _save_figure(_curves_figure(series, title, xlabel, ylabel, (960, 540)), path)
