@@ -63,7 +63,11 @@ def define_common_flags(*, output_dir: str, num_epochs: int, num_layers: int, ou
     flags.DEFINE_integer("child_cutout_size", 0, "Cutout square size, on the fly (0 = off).")
     flags.DEFINE_integer("log_every", 50, "Print a training line every this many steps.")
     flags.DEFINE_integer("eval_every_epochs", 1, "Evaluate on valid and test every this many epochs.")
-    flags.DEFINE_integer("seed", 0, "Random seed (data order, augmentation, initialisation).")
+    flags.DEFINE_integer("seed", 0, "Random seed of everything: initialisation, data order, "
+                         "augmentation, dropout, the controller's and the random arcs.")
+    flags.DEFINE_boolean("deterministic", False, "Make every TensorFlow op deterministic "
+                         "(enable_op_determinism), so that two runs with the same --seed write "
+                         "identical results. Off by default: see the README for its cost.")
 
 
 def data_config() -> DataConfig:
@@ -94,7 +98,8 @@ def run_config() -> RunConfig:
     return RunConfig(
         output_dir=FLAGS.output_dir, reset_output_dir=FLAGS.reset_output_dir,
         num_epochs=FLAGS.num_epochs, log_every=FLAGS.log_every,
-        eval_every_epochs=FLAGS.eval_every_epochs, seed=FLAGS.seed)
+        eval_every_epochs=FLAGS.eval_every_epochs, seed=FLAGS.seed,
+        deterministic=FLAGS.deterministic)
 
 
 def flag_values() -> dict:

@@ -129,6 +129,8 @@ class RunConfig:
     # search sets it so that the controller phase comes every this many child steps.
     steps_per_epoch: int = 0
     seed: int = 0
+    # tf.config.experimental.enable_op_determinism(); everything is seeded from `seed` anyway.
+    deterministic: bool = False
     progress: bool = True
 
     def __post_init__(self):

@@ -16,10 +16,11 @@ import tensorflow as tf
 from src import arc as arc_lib
 from src import data as data_lib
 from src import reporting, run_dir, serving
-from src.summaries import RunSummaries
 from src.configs import FixedTrainConfig
 from src.fixed_child import FixedChild
-from src.train_steps import FixedChildSteps, cosine_lr, restore_or_start, train_one_epoch
+from src.summaries import RunSummaries
+from src.train_steps import (FixedChildSteps, cosine_lr, restore_or_start, seed_everything,
+                             train_one_epoch)
 
 HISTORY_FILE = "history.json"
 # What each epoch puts in TensorBoard (the evaluation ones on evaluated epochs only).
@@ -69,7 +70,7 @@ def _child_config_for(config: FixedTrainConfig, dataset):
 
 def _train(config, child_config, arc, arc_text, dataset, summaries: RunSummaries) -> Dict:
     out, run_cfg = config.run.output_dir, config.run
-    tf.random.set_seed(run_cfg.seed)
+    seed_everything(run_cfg.seed, run_cfg.deterministic)
     model = FixedChild(child_config, arc)
     steps = FixedChildSteps(model, config.optim, dataset.train.images.shape[1:])
     print(f"Arc: {arc_text}")

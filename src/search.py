@@ -21,12 +21,13 @@ import tensorflow as tf
 from src import arc as arc_lib
 from src import data as data_lib
 from src import reporting, run_dir
-from src.summaries import RunSummaries
 from src.configs import ControllerConfig, SearchConfig
 from src.controller import Controller
 from src.controller_step import ReinforceTrainer, reward_from
 from src.shared_child import SharedChild
-from src.train_steps import SharedChildSteps, cosine_lr, restore_or_start, train_one_epoch
+from src.summaries import RunSummaries
+from src.train_steps import (SharedChildSteps, cosine_lr, restore_or_start, seed_everything,
+                             train_one_epoch)
 
 BEST_ARC_FILE = "best_arc.txt"
 ARC_HISTORY_FILE = "arc_history.json"
@@ -58,7 +59,7 @@ class SearchState:
 
 
 def build_state(config: SearchConfig) -> SearchState:
-    tf.random.set_seed(config.run.seed)
+    seed_everything(config.run.seed, config.run.deterministic)
     child = SharedChild(config.child)
     controller = Controller(config.controller)
     return SearchState(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -34,6 +35,18 @@ def cosine_lr(epoch: int, optim: OptimConfig) -> float:
         start, period = start + period, period * optim.lr_T_mul
     t = (epoch - start) / period
     return optim.lr_min + 0.5 * (optim.lr_max - optim.lr_min) * (1.0 + math.cos(math.pi * t))
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seeds Python's, NumPy's and TensorFlow's global generators (initialisation,
+    dropout, drop-path); data order, augmentation and the arc samplers take `seed`
+    from the configs. `deterministic` also makes every op deterministic, for good:
+    TensorFlow has no way to turn that off again in the process."""
+    random.seed(seed)
+    np.random.seed(seed)
+    tf.random.set_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
 
 
 class NesterovSGD(tf.Module):
