@@ -13,7 +13,8 @@ from src.arc import ArcError
 from src.configs import ChildConfig, ConfigError, DataConfig, OptimConfig, RunConfig
 from src.data import DataError
 from src.run_dir import OutputDirError
-from src.train_steps import CheckpointMismatch
+from src.checkpoints import CheckpointMismatch
+from src.train_steps import NonFiniteLoss, StopRequested
 
 FLAGS = flags.FLAGS
 
@@ -110,15 +111,28 @@ def flag_values() -> dict:
     return {name: FLAGS[name].value for name in names}
 
 
+RESUME_HINT = "the last finished epoch is checkpointed; rerun the same command to resume"
+
+
 def run_or_exit(run: Callable[[], object]) -> None:
-    """Runs; a user error (bad arc, data, folder, flag value) prints one line, exits 2."""
+    """Runs; every way a run can stop short prints one line and exits with its code:
+    2 for a user or storage error (bad arc, data, folder, flag value, a write that
+    failed), 3 for a loss that became NaN, 128 + the signal for SIGTERM and SIGINT."""
     logging.set_verbosity(logging.WARNING)  # TensorFlow's checkpoint chatter
     try:
         run()
     except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        exit_with(2, f"error: {error}")
+    except OSError as error:
+        exit_with(2, f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "))
+    except NonFiniteLoss as error:
+        exit_with(3, f"error: {error}")
+    except StopRequested as stop:
+        exit_with(128 + stop.signum, f"stopped by {stop} after a finished step: {RESUME_HINT}")
     except KeyboardInterrupt:
-        print("\ninterrupted: the last finished epoch is checkpointed; rerun the same "
-              "command to resume", file=sys.stderr)
-        sys.exit(130)
+        exit_with(130, f"\ninterrupted: {RESUME_HINT}")
+
+
+def exit_with(code: int, line: str) -> None:
+    print(line, file=sys.stderr)
+    sys.exit(code)

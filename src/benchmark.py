@@ -2,6 +2,7 @@
 
     python -m src.benchmark           # default search config, a few minutes on 2 cores
     python -m src.benchmark --quick   # a small configuration, under a minute (smoke run)
+    python -m src.benchmark --deterministic   # the same with op determinism on
 
 The sampled-op search steps and controller updates run in a process of their
 own (so peak_rss_mb and startup_s are theirs alone); the all-ops reference
@@ -188,7 +189,8 @@ def device_name() -> str:
 
 def run_sampled_worker(args) -> dict:
     """Runs the sampled-op part in a fresh Python process; returns its JSON."""
-    command = [sys.executable, "-m", "src.benchmark", "--worker"] + (["--quick"] if args.quick else [])
+    command = [sys.executable, "-m", "src.benchmark", "--worker"]
+    command += [f"--{name}" for name in ("quick", "deterministic") if getattr(args, name)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         sys.stderr.write(result.stderr[-3000:])
@@ -200,9 +202,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="a small configuration and few steps: shows the benchmark works")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="time it with op determinism on, as --deterministic runs are")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else Plan()
+    if args.deterministic:
+        tf.config.experimental.enable_op_determinism()
     if args.worker:
         print(json.dumps(measure_sampled_search(plan)))
         return
@@ -216,7 +222,8 @@ def main(argv=None) -> None:
         fixed_images_per_s=plan.batch_size / figures["fixed_step_s"],
         all_ops_over_sampled=figures["search_step_all_ops_s"] / figures["search_step_s"],
         controller_over_10_forwards=figures["controller_update_s"] / (10 * figures["valid_forward_s"]),
-        batch_size=plan.batch_size, quick=args.quick, device=device_name(),
+        batch_size=plan.batch_size, quick=args.quick, deterministic=args.deterministic,
+        device=device_name(),
         tf_version=tf.__version__, cpu_count=os.cpu_count())
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
                       for k, v in sorted(figures.items())}))

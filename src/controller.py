@@ -96,7 +96,9 @@ class Controller(tf.Module):
     def _walk_cell(self, state, choose, batch, is_normal, offset, choices, logits):
         """One cell's decisions, written into choices/logits by arc position;
         returns the final LSTM state (c, h)."""
-        start = tf.tile(self.g_emb, [batch, 1])
+        # Broadcast, not tile: tile's gradient transposes an int32 shape tensor, which
+        # the oneDNN graph pass reports as unsupported on this CPU (an error line).
+        start = tf.broadcast_to(self.g_emb, [batch, self.config.lstm_size])
         anchors, anchors_w1 = [], []
         for _ in range(2):  # the two cell inputs: an attention key, no embedding
             state = self._lstm(start, state)

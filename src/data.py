@@ -266,21 +266,41 @@ def num_batches(n: int, batch_size: int) -> int:
     return int(math.ceil(n / batch_size))
 
 
-def train_batches(split: Split, config: DataConfig) -> tf.data.Dataset:
-    """One epoch of (images float32 [B, H, W, C], labels int32 [B]), reshuffled and
-    re-augmented every time it is iterated; the last batch may be smaller."""
-    n = _check_not_empty(split)
-    order = tf.data.Dataset.range(n).shuffle(n, seed=config.seed, reshuffle_each_iteration=True)
-    # One int64 per batch, different every epoch, seeds the stateless augmentation ops.
-    batch_seeds = tf.data.Dataset.random(seed=config.seed, rerandomize_each_iteration=True)
-    batches = tf.data.Dataset.zip(order.batch(config.batch_size), batch_seeds)
-    images, labels = tf.constant(split.images), tf.constant(split.labels)
+class TrainBatches:
+    """The training split's batches, epoch by epoch.
 
-    def gather_and_augment(index, seed):
-        seed = tf.stack([seed, tf.constant(0, tf.int64)])
-        return augment_batch(tf.gather(images, index), seed, config), tf.gather(labels, index)
+    Epoch e's order and augmentation depend on (seed, e) only, never on how many
+    epochs this process has run, so a resumed run sees the data an uninterrupted
+    one would. The split is copied into tensors once.
+    """
 
-    return batches.map(gather_and_augment, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    def __init__(self, split: Split, config: DataConfig):
+        self.size = _check_not_empty(split)
+        self.config = config
+        self.batches_per_pass = num_batches(self.size, config.batch_size)
+        self._images, self._labels = tf.constant(split.images), tf.constant(split.labels)
+
+    def epoch(self, epoch: int, steps: int = 0) -> tf.data.Dataset:
+        """(images float32 [B, H, W, C], labels int32 [B]) batches of epoch `epoch`: one
+        pass (the last batch may be smaller), or `steps` batches from as many shuffled
+        passes as they need."""
+        passes = 1 if steps == 0 else math.ceil(steps / self.batches_per_pass)
+        order = np.concatenate([np.random.default_rng([self.config.seed, epoch, p]).permutation(self.size)
+                                for p in range(passes)])
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(self.config.batch_size)
+        if steps:
+            batches = batches.take(steps)
+        # Augmentation seed of batch i: [epoch key, i], a stateless seed [2].
+        epoch_key = tf.constant(np.random.default_rng([self.config.seed, epoch]).integers(2 ** 62))
+        indexed = tf.data.Dataset.zip(batches, tf.data.Dataset.range(2 ** 62))
+
+        def gather_and_augment(index, batch_id):
+            seed = tf.stack([epoch_key, batch_id])
+            images = augment_batch(tf.gather(self._images, index), seed, self.config)
+            return images, tf.gather(self._labels, index)
+
+        return indexed.map(gather_and_augment, num_parallel_calls=tf.data.AUTOTUNE,
+                           deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_batches(split: Split, batch_size: int) -> tf.data.Dataset:

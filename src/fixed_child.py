@@ -13,7 +13,7 @@ from src import arc as arc_lib
 from src.configs import ChildConfig
 from src.ops import (AuxHead, BatchNorm, Calibrate, ClassifierHead, ConvBN, FactorizedReduction,
                      Shape, halved, avg_pool3x3, conv_weight, count_params, drop_path,
-                     drop_path_keep_prob, max_pool3x3, separable_conv)
+                     drop_path_keep_prob, dropout_generator, max_pool3x3, next_seed, separable_conv)
 
 
 class SepConvStack(tf.Module):
@@ -66,8 +66,9 @@ class FixedCell(tf.Module):
     """A normal (stride 1) or reduction (stride 2) cell for a fixed cell arc."""
 
     def __init__(self, cell: Sequence[int], shape0: Shape, shape1: Shape, out_c: int,
-                 stride: int, layer_id: int, config: ChildConfig):
+                 stride: int, layer_id: int, config: ChildConfig, rng: tf.random.Generator):
         super().__init__()
+        self.rng = rng  # the child's, shared by every cell
         self.nodes = arc_lib.cell_nodes(cell)
         self.layer_id, self.num_layers = layer_id, config.num_layers
         self.drop_path_base = config.drop_path_keep_prob
@@ -101,16 +102,17 @@ class FixedCell(tf.Module):
         if not training or op == arc_lib.IDENTITY or self.drop_path_base >= 1.0:
             return x
         keep = drop_path_keep_prob(self.drop_path_base, self.layer_id, self.num_layers, progress)
-        return drop_path(x, keep)
+        return drop_path(x, keep, next_seed(self.rng))
 
 
 class FixedChild(tf.Module):
     """Stem, num_layers + 2 cells (normal and reduction), aux head, classifier."""
 
-    def __init__(self, config: ChildConfig, arc: Sequence[int]):
+    def __init__(self, config: ChildConfig, arc: Sequence[int], seed: int = 0):
         super().__init__(name="fixed_child")
         arc_lib.validate_arc(arc, config.num_cells)
         self.config = config
+        self.rng = dropout_generator(seed)
         normal, reduction = arc_lib.split_arc(arc, config.num_cells)
         reductions = arc_lib.reduction_layer_ids(config.num_layers, config.num_reductions)
         aux_layer = arc_lib.aux_head_layer_id(config.num_layers, config.num_reductions)
@@ -125,7 +127,7 @@ class FixedChild(tf.Module):
             is_reduction = layer_id in reductions
             out_c *= 2 if is_reduction else 1
             cell = FixedCell(reduction if is_reduction else normal, shapes[0], shapes[1], out_c,
-                             2 if is_reduction else 1, layer_id, config)
+                             2 if is_reduction else 1, layer_id, config, self.rng)
             self.cells.append(cell)
             shapes = [shapes[1], cell.out_shape]
             if config.use_aux_heads and layer_id == aux_layer:
@@ -149,7 +151,8 @@ class FixedChild(tf.Module):
             prev0, prev1 = prev1, cell(prev0, prev1, training, progress)
             if training and self.aux_head is not None and layer_id == self.aux_layer:
                 aux_logits = self.aux_head(prev1, training)
-        return self.head(prev1, training), aux_logits
+        seed = next_seed(self.rng) if training else None
+        return self.head(prev1, training, seed), aux_logits
 
     def num_params(self) -> int:
         """Trainable parameters, the aux head excluded (as the authors count them)."""

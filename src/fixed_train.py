@@ -15,11 +15,11 @@ import tensorflow as tf
 
 from src import arc as arc_lib
 from src import data as data_lib
-from src import reporting, run_dir, serving
+from src import checkpoints, reporting, run_dir, serving
 from src.configs import FixedTrainConfig
 from src.fixed_child import FixedChild
 from src.summaries import RunSummaries
-from src.train_steps import (FixedChildSteps, cosine_lr, restore_or_start, seed_everything,
+from src.train_steps import (FixedChildSteps, cosine_lr, seed_everything, stop_at_step_boundaries,
                              train_one_epoch)
 
 HISTORY_FILE = "history.json"
@@ -53,7 +53,7 @@ def run(config: FixedTrainConfig) -> Dict:
     run_dir.prepare_output_dir(out, config.run.reset_output_dir)
     arc_text = arc_lib.format_arc(arc)
     check_resumable(out, arc_text)
-    with run_dir.Tee(out):
+    with run_dir.RunLock(out), run_dir.Tee(out), stop_at_step_boundaries():
         print(reporting.format_flags(config.flags))
         dataset = data_lib.load_dataset(config.data)
         child_config = _child_config_for(config, dataset)
@@ -71,7 +71,7 @@ def _child_config_for(config: FixedTrainConfig, dataset):
 def _train(config, child_config, arc, arc_text, dataset, summaries: RunSummaries) -> Dict:
     out, run_cfg = config.run.output_dir, config.run
     seed_everything(run_cfg.seed, run_cfg.deterministic)
-    model = FixedChild(child_config, arc)
+    model = FixedChild(child_config, arc, seed=run_cfg.seed)
     steps = FixedChildSteps(model, config.optim, dataset.train.images.shape[1:])
     print(f"Arc: {arc_text}")
     print(f"Model has {model.num_params()} params")
@@ -81,22 +81,20 @@ def _train(config, child_config, arc, arc_text, dataset, summaries: RunSummaries
 
     epoch_var = tf.Variable(0, dtype=tf.int64, name="epoch")
     step_var = tf.Variable(0, dtype=tf.int64, name="step")
+    records = checkpoints.JsonRecords({"epochs": [], "wall_time_s": 0.0})
     checkpoint = tf.train.Checkpoint(model=model, optimizer=steps.optimizer,
-                                     epoch=epoch_var, step=step_var)
-    manager = restore_or_start(checkpoint, out, run_dir.CHECKPOINT_DIR)
-    if manager.latest_checkpoint:
-        print(f"Resumed from {manager.latest_checkpoint} at epoch {int(epoch_var)}, "
-              f"step {int(step_var)}")
-    history = run_dir.read_json(os.path.join(out, HISTORY_FILE), default={"epochs": []})
-    # Records written after the last checkpoint (a run stopped mid-epoch) are redone.
-    history["epochs"] = run_dir.up_to_epoch(history["epochs"], int(epoch_var))
-    previous = run_dir.read_json(os.path.join(out, run_dir.RESULTS_FILE), default={})
-    wall_before = float(previous.get("wall_time_s", 0.0))
-    start = time.time()
+                                     epoch=epoch_var, step=step_var, records=records)
+    manager, restored = checkpoints.restore_or_start(checkpoint, out, run_dir.CHECKPOINT_DIR,
+                                                     optimizers=[steps.optimizer])
+    history = _restored_records(records, int(epoch_var), out)
+    if restored:
+        print(f"Resumed from {restored} at epoch {int(epoch_var)}, step {int(step_var)}")
+        _save_history(out, history)  # as of that checkpoint
+    wall_before, start = history["wall_time_s"], time.time()
 
-    batches_per_epoch = data_lib.num_batches(len(dataset.train.labels), config.data.batch_size)
+    train_data = data_lib.TrainBatches(dataset.train, config.data)
+    batches_per_epoch = train_data.batches_per_pass
     total_steps = max(1, run_cfg.num_epochs * batches_per_epoch)
-    train_data = data_lib.train_batches(dataset.train, config.data)
     valid_acc = test_acc = test_pred = None
 
     def step_fn(images, labels):
@@ -108,19 +106,24 @@ def _train(config, child_config, arc, arc_text, dataset, summaries: RunSummaries
         lr = cosine_lr(epoch, config.optim)
         steps.optimizer.learning_rate.assign(lr)
         record = {"epoch": epoch + 1, "lr": lr}
-        record.update(train_one_epoch(step_fn, train_data, batches_per_epoch, epoch, lr, step_var,
-                                      run_cfg.log_every, start, desc=f"epoch {epoch + 1}",
-                                      summaries=summaries))
-        epoch_var.assign(epoch + 1)
-        manager.save(checkpoint_number=epoch + 1)
+        record.update(train_one_epoch(step_fn, train_data.epoch(epoch), batches_per_epoch, epoch,
+                                      lr, step_var, run_cfg.log_every, start,
+                                      desc=f"epoch {epoch + 1}", summaries=summaries))
         if (epoch + 1) % run_cfg.eval_every_epochs == 0 or epoch + 1 == run_cfg.num_epochs:
             valid_acc, test_acc, test_pred = _evaluate(steps, dataset, config.data.eval_batch_size)
             record.update(valid_accuracy=valid_acc, test_accuracy=test_acc)
         history["epochs"].append(record)
+        history["wall_time_s"] = wall_before + time.time() - start
+        epoch_var.assign(epoch + 1)
+        records.set(history)
+        run_dir.failpoint("before_checkpoint")
+        checkpoints.save(manager, epoch + 1)
+        run_dir.failpoint("after_checkpoint")
+        # Everything below is rewritten from the checkpoint on resume.
         summaries.scalars({f"epoch/{key}": record.get(key) for key in EPOCH_SCALARS}, epoch + 1)
         _save_history(out, history)
         _write_results(config, model, arc_text, int(epoch_var), valid_acc, test_acc,
-                       wall_before + time.time() - start, dataset)
+                       history["wall_time_s"], dataset)
 
     if test_pred is None:  # nothing trained now (--num_epochs 0, or already done)
         valid_acc, test_acc, test_pred = _evaluate(steps, dataset, config.data.eval_batch_size)
@@ -130,6 +133,18 @@ def _train(config, child_config, arc, arc_text, dataset, summaries: RunSummaries
     print(f"Exported the model (SavedModel, uint8 images in): {model_dir}")
     return _write_results(config, model, arc_text, int(epoch_var), valid_acc, test_acc,
                           wall_before + time.time() - start, dataset)
+
+
+def _restored_records(records: checkpoints.JsonRecords, epochs_done: int, out: str) -> Dict:
+    """The epoch records of the restored checkpoint (empty at a fresh start). A checkpoint
+    older than records in checkpoints gets them from the files, cut at its epoch."""
+    history = records.get()
+    if len(history["epochs"]) < epochs_done:
+        old = run_dir.read_json(os.path.join(out, HISTORY_FILE), default={"epochs": []})
+        previous = run_dir.read_json(os.path.join(out, run_dir.RESULTS_FILE), default={})
+        history = {"epochs": run_dir.up_to_epoch(old["epochs"], epochs_done),
+                   "wall_time_s": float(previous.get("wall_time_s", 0.0))}
+    return history
 
 
 def _evaluate(steps, dataset, batch_size):

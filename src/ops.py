@@ -2,16 +2,20 @@
 
 Two kinds of pieces live here:
   * pure functions on tensors (separable conv, pools, batch-statistics BN,
-    factorized reduction paths, drop path), used by both children, and
+    factorized reduction paths, classifier head, drop path), used by both
+    children, and
   * small tf.Modules for the parts whose weights do not depend on the arc
     (stem, calibration, 1x1 conv + BN, factorized reduction, the two heads).
+    The modules made of such pieces (Calibrate, AuxHead) take in `apply` the
+    way to run each piece: the search child runs them as compiled functions
+    on weight values (see shared_child.py), the fixed child calls them.
 
 All tensors are NHWC. BN: decay 0.9, epsilon 1e-5; conv weights He-normal.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import tensorflow as tf
 
@@ -48,6 +52,21 @@ def batch_norm_batch_stats(x, scale, offset):
     return y, mean, variance
 
 
+def moving_average_step(average, batch_value):
+    """How far one batch moves a moving average (to subtract from it)."""
+    return (1.0 - BN_DECAY) * (average - batch_value)
+
+
+def batch_norm_train(x, weights):
+    """BN with the statistics of this batch; weights = (scale, offset, moving_mean,
+    moving_variance) [C] as tensors. Returns (y, (moving_mean, moving_variance) after
+    this batch), for the caller to assign."""
+    scale, offset, moving_mean, moving_variance = weights
+    y, mean, variance = batch_norm_batch_stats(x, scale, offset)
+    return y, (moving_mean - moving_average_step(moving_mean, mean),
+               moving_variance - moving_average_step(moving_variance, variance))
+
+
 def batch_norm_inference(x, scale, offset, mean, variance):
     y, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
         x=x, scale=scale, offset=offset, mean=mean, variance=variance,
@@ -81,11 +100,33 @@ def factorized_paths(x, w_path1, w_path2):
     return tf.concat([path1, path2], axis=3)
 
 
-def drop_path(x, keep_prob):
-    """Drops whole examples' paths with prob 1 - keep_prob, rescaling the kept ones."""
-    noise = tf.random.uniform([tf.shape(x)[0], 1, 1, 1], dtype=x.dtype)
+def classifier_head(x, w, keep_prob: float, training: bool, seed=None):
+    """relu, global average pool, dropout (training only, stateless: `seed` int64 [2]),
+    dense w [C, classes] (no bias)."""
+    x = tf.reduce_mean(tf.nn.relu(x), axis=[1, 2])
+    if training and keep_prob < 1.0:
+        x = tf.nn.experimental.stateless_dropout(x, rate=1.0 - keep_prob, seed=seed)
+    return x @ w
+
+
+def drop_path(x, keep_prob, seed):
+    """Drops whole examples' paths with prob 1 - keep_prob, rescaling the kept ones
+    (stateless: `seed` int64 [2])."""
+    noise = tf.random.stateless_uniform([tf.shape(x)[0], 1, 1, 1], seed, dtype=x.dtype)
     mask = tf.floor(keep_prob + noise)  # 1 with probability keep_prob
     return x / keep_prob * mask
+
+
+def dropout_generator(seed: int) -> tf.random.Generator:
+    """The generator a child draws its dropout and drop-path seeds from. It is a
+    variable of the model, so checkpoints carry its state and a resumed run draws
+    what an uninterrupted one would."""
+    return tf.random.Generator.from_seed(seed)
+
+
+def next_seed(generator: tf.random.Generator):
+    """A fresh stateless seed, int64 [2]."""
+    return generator.make_seeds(1)[:, 0]
 
 
 def drop_path_keep_prob(base_keep_prob: float, layer_id: int, num_layers: int, progress):
@@ -110,9 +151,18 @@ class BatchNorm(tf.Module):
             return batch_norm_inference(x, self.scale, self.offset,
                                         self.moving_mean, self.moving_variance)
         y, mean, variance = batch_norm_batch_stats(x, self.scale, self.offset)
-        self.moving_mean.assign_sub((1.0 - BN_DECAY) * (self.moving_mean - mean))
-        self.moving_variance.assign_sub((1.0 - BN_DECAY) * (self.moving_variance - variance))
+        self.moving_mean.assign_sub(moving_average_step(self.moving_mean, mean))
+        self.moving_variance.assign_sub(moving_average_step(self.moving_variance, variance))
         return y
+
+    def values(self):
+        """(scale, offset, moving_mean, moving_variance) as tensors (batch_norm_train)."""
+        return (self.scale.value(), self.offset.value(), self.moving_mean.value(),
+                self.moving_variance.value())
+
+    def assign_moving_averages(self, moving_mean, moving_variance):
+        self.moving_mean.assign(moving_mean)
+        self.moving_variance.assign(moving_variance)
 
 
 class ConvBN(tf.Module):
@@ -147,6 +197,8 @@ class FactorizedReduction(tf.Module):
 
 
 Shape = Tuple[int, int]  # (height = width, channels)
+# run_piece(piece, inputs): how a composite module runs its ConvBN / FactorizedReduction.
+RunPiece = Callable[[tf.Module, tf.Tensor], tf.Tensor]
 
 
 def halved(hw: int) -> int:
@@ -178,12 +230,16 @@ class Calibrate(tf.Module):
             self.project_y = ConvBN(c1, out_c)
 
     def __call__(self, x, y, training: bool):
+        return self.apply(x, y, lambda piece, inputs: piece(inputs, training))
+
+    def apply(self, x, y, run_piece: RunPiece):
+        """Calibrates x and y with run_piece(piece, inputs) running each piece."""
         if self.reduce_x is not None:
-            x = self.reduce_x(tf.nn.relu(x), training)
+            x = run_piece(self.reduce_x, tf.nn.relu(x))
         elif self.project_x is not None:
-            x = self.project_x(x, training)
+            x = run_piece(self.project_x, x)
         if self.project_y is not None:
-            y = self.project_y(y, training)
+            y = run_piece(self.project_y, y)
         return x, y
 
 
@@ -204,9 +260,13 @@ class AuxHead(tf.Module):
         self.w_fc = he_normal([AUX_FILTERS, num_classes], AUX_FILTERS, "w_fc")
 
     def __call__(self, x, training: bool):
+        return self.apply(x, lambda piece, inputs: piece(inputs, training))
+
+    def apply(self, x, run_piece: RunPiece):
+        """The head's logits, with run_piece(piece, inputs) running its two ConvBNs."""
         x = tf.nn.avg_pool2d(tf.nn.relu(x), self.pool, 3, "VALID")
-        x = tf.nn.relu(self.proj(x, training))
-        x = tf.nn.relu(self.conv(x, training))
+        x = tf.nn.relu(run_piece(self.proj, x))
+        x = tf.nn.relu(run_piece(self.conv, x))
         return tf.reduce_mean(x, axis=[1, 2]) @ self.w_fc
 
 
@@ -218,11 +278,8 @@ class ClassifierHead(tf.Module):
         self.keep_prob = keep_prob
         self.w = he_normal([in_c, num_classes], in_c, "w")
 
-    def __call__(self, x, training: bool):
-        x = tf.reduce_mean(tf.nn.relu(x), axis=[1, 2])
-        if training and self.keep_prob < 1.0:
-            x = tf.nn.dropout(x, rate=1.0 - self.keep_prob)
-        return x @ self.w
+    def __call__(self, x, training: bool, seed=None):
+        return classifier_head(x, self.w, self.keep_prob, training, seed)
 
 
 def count_params(variables) -> int:

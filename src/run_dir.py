@@ -9,13 +9,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import sys
 import uuid
-from typing import Any, Optional, TextIO
+from typing import Any, Optional, TextIO, Tuple
 
 CHECKPOINT_DIR = "checkpoints"
 RESULTS_FILE = "results.json"
 STDOUT_FILE = "stdout"
+LOCK_FILE = ".lock"
+# Test hook: "NAME" or "NAME@N" kills the process at the N-th (default first) failpoint(NAME).
+FAILPOINT_ENV = "ENAS_FAILPOINT"
+_failpoint_hits: dict = {}
 
 
 class OutputDirError(ValueError):
@@ -44,13 +50,27 @@ def prepare_output_dir(path: str, reset: bool) -> bool:
     if os.path.exists(path) and not os.path.isdir(path):
         raise OutputDirError(f"output path {path!r} exists and is not a directory")
     if reset and os.path.isdir(path):
+        check_not_in_use(path)  # never delete the folder of a live run
         if os.path.islink(path):
             # rmtree refuses symlinks; deleting their target is not ours to decide.
             raise OutputDirError(f"output path {path!r} is a symlink; remove it yourself to reset")
         print(f"reset: deleting the previous output directory {path}")
         shutil.rmtree(path)
-    os.makedirs(path, exist_ok=True)
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write-test-{uuid.uuid4().hex}")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as error:
+        raise OutputDirError(f"cannot write to the output folder {path}: {error.strerror}") from None
     return has_previous_run(path)
+
+
+def remove_temp_files(path: str) -> None:
+    """Deletes the temporary files of atomic writes that a killed run left behind."""
+    for name in os.listdir(path):
+        if name.startswith(".") and name.endswith(".tmp"):
+            os.remove(os.path.join(path, name))
 
 
 class _TeeStream:
@@ -127,6 +147,7 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
             tmp_file.write(data)
             tmp_file.flush()
             os.fsync(tmp_file.fileno())
+        failpoint(f"replace {os.path.basename(path)}")
         os.replace(tmp_path, path)
     except BaseException:
         if os.path.exists(tmp_path):
@@ -170,3 +191,93 @@ def read_json(path: str, default: Any = None) -> Any:
         except json.JSONDecodeError as e:
             # Never fall back to `default` here: the caller would overwrite the file.
             raise OutputDirError(f"{path} is not valid JSON: {e}") from None
+
+
+class RunLock:
+    """One run per output folder: OUTPUT_DIR/.lock holds the pid and host of its run.
+
+    It is created atomically (O_EXCL). A lock whose process is gone (same host, pid not
+    alive) is taken over with a notice; a live one stops this run with OutputDirError.
+    Holding it, the run deletes temporary files that a killed run left behind.
+    """
+
+    def __init__(self, output_dir: str):
+        self.path = os.path.join(output_dir, LOCK_FILE)
+        self._held = False
+
+    def __enter__(self) -> "RunLock":
+        owner = f"{os.getpid()} {socket.gethostname()}\n"
+        for _ in range(2):  # a second try after removing a stale lock
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                self._take_over_if_stale()
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(owner)
+            self._held = True
+            remove_temp_files(os.path.dirname(self.path))  # ours now: no live run writes them
+            return self
+        raise OutputDirError(f"cannot take the lock {self.path}")
+
+    def _take_over_if_stale(self) -> None:
+        owner = lock_owner(os.path.dirname(self.path))
+        if owner is None:
+            return  # released meanwhile
+        check_not_in_use(os.path.dirname(self.path))
+        print(f"notice: taking over the lock of process {owner[0]}, which is gone: {self.path}")
+        os.remove(self.path)
+
+    def __exit__(self, *exc_info) -> None:
+        if self._held:
+            os.remove(self.path)
+            self._held = False
+
+
+def lock_owner(output_dir: str) -> Optional[Tuple[str, str]]:
+    """(pid, host) written in the folder's lock, or None if there is no lock."""
+    try:
+        with open(os.path.join(output_dir, LOCK_FILE)) as f:
+            pid, host = (f.read().split() + ["", ""])[:2]
+    except FileNotFoundError:
+        return None
+    return pid, host
+
+
+def check_not_in_use(output_dir: str) -> None:
+    """Raises OutputDirError if a live process on this host, or any process on another
+    host, holds the folder's lock."""
+    owner = lock_owner(output_dir)
+    if owner is None:
+        return
+    pid, host = owner
+    if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+        return  # stale: its process is gone
+    raise OutputDirError(f"{output_dir} is in use by process {pid} on {host or 'an unknown host'} "
+                         f"(lock {os.path.join(output_dir, LOCK_FILE)}); wait for it to end, or "
+                         "choose another --output_dir")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def failpoint(name: str) -> None:
+    """Kills this process with SIGKILL here if ENAS_FAILPOINT names this point (the tests
+    of kill -9 anywhere use it); does nothing otherwise."""
+    wanted = os.environ.get(FAILPOINT_ENV)
+    if not wanted:
+        return
+    point, _, count = wanted.partition("@")
+    if point != name:
+        return
+    _failpoint_hits[name] = _failpoint_hits.get(name, 0) + 1
+    if _failpoint_hits[name] == int(count or 1):
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -9,7 +9,6 @@ best so far is written to best_arc.txt.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
 import random
 import time
@@ -20,14 +19,14 @@ import tensorflow as tf
 
 from src import arc as arc_lib
 from src import data as data_lib
-from src import reporting, run_dir
+from src import checkpoints, reporting, run_dir
 from src.configs import ControllerConfig, SearchConfig
 from src.controller import Controller
 from src.controller_step import ReinforceTrainer, reward_from
 from src.shared_child import SharedChild
 from src.summaries import RunSummaries
-from src.train_steps import (SharedChildSteps, cosine_lr, restore_or_start, seed_everything,
-                             train_one_epoch)
+from src.train_steps import (SharedChildSteps, check_stop, cosine_lr, seed_everything,
+                             stop_at_step_boundaries, train_one_epoch)
 
 BEST_ARC_FILE = "best_arc.txt"
 ARC_HISTORY_FILE = "arc_history.json"
@@ -50,24 +49,27 @@ class SearchState:
     epoch: tf.Variable
     step: tf.Variable
     controller_step: tf.Variable
+    records: checkpoints.JsonRecords  # the epoch records, saved with everything else
 
     def checkpoint(self) -> tf.train.Checkpoint:
         return tf.train.Checkpoint(
             child=self.child, child_optimizer=self.child_steps.optimizer,
             controller=self.controller, reinforce=self.reinforce,
-            epoch=self.epoch, step=self.step, controller_step=self.controller_step)
+            epoch=self.epoch, step=self.step, controller_step=self.controller_step,
+            records=self.records)
 
 
 def build_state(config: SearchConfig) -> SearchState:
     seed_everything(config.run.seed, config.run.deterministic)
-    child = SharedChild(config.child)
+    child = SharedChild(config.child, seed=config.run.seed)
     controller = Controller(config.controller)
     return SearchState(
         child=child, child_steps=SharedChildSteps(child, config.optim),
         controller=controller, reinforce=ReinforceTrainer(controller, config.controller),
         epoch=tf.Variable(0, dtype=tf.int64, name="epoch"),
         step=tf.Variable(0, dtype=tf.int64, name="step"),
-        controller_step=tf.Variable(0, dtype=tf.int64, name="controller_step"))
+        controller_step=tf.Variable(0, dtype=tf.int64, name="controller_step"),
+        records=checkpoints.JsonRecords({"epochs": [], "arc_history": [], "wall_time_s": 0.0}))
 
 
 def sample_arc(controller: Controller) -> List[int]:
@@ -125,7 +127,7 @@ def run(config: SearchConfig) -> Dict:
     """Searches (or resumes a search); returns what results.json holds."""
     out = config.run.output_dir
     run_dir.prepare_output_dir(out, config.run.reset_output_dir)
-    with run_dir.Tee(out):
+    with run_dir.RunLock(out), run_dir.Tee(out), stop_at_step_boundaries():
         print(reporting.format_flags(config.flags))
         dataset = data_lib.load_dataset(config.data)
         config = dataclasses.replace(config, child=dataclasses.replace(
@@ -140,33 +142,24 @@ def _search(config: SearchConfig, dataset, summaries: RunSummaries) -> Dict:
     out, run_cfg = config.run.output_dir, config.run
     state = build_state(config)
     print(f"Shared child has {state.child.num_params()} params (aux head excluded)")
-    manager = restore_or_start(state.checkpoint(), out, run_dir.CHECKPOINT_DIR)
-    if manager.latest_checkpoint:
-        print(f"Resumed from {manager.latest_checkpoint} at epoch {int(state.epoch)}, "
+    manager, restored = checkpoints.restore_or_start(state.checkpoint(), out, run_dir.CHECKPOINT_DIR,
+                                                     optimizers=[state.child_steps.optimizer])
+    records = _restored_records(state, out)
+    results = {}
+    if restored:
+        print(f"Resumed from {restored} at epoch {int(state.epoch)}, "
               f"baseline {float(state.reinforce.baseline):.6f}")
-    history = run_dir.read_json(os.path.join(out, HISTORY_FILE), default={"epochs": []})
-    arc_history = run_dir.read_json(os.path.join(out, ARC_HISTORY_FILE), default=[])
-    # Records written after the last checkpoint (a run stopped mid-epoch) are redone.
-    history["epochs"] = run_dir.up_to_epoch(history["epochs"], int(state.epoch))
-    arc_history = run_dir.up_to_epoch(arc_history, int(state.epoch))
-    previous = run_dir.read_json(os.path.join(out, run_dir.RESULTS_FILE), default={})
-    wall_before = float(previous.get("wall_time_s", 0.0))
-    start = time.time()
-    train_data = data_lib.train_batches(dataset.train, config.data)
+        results = _write_epoch_files(config, state, records)  # as of that checkpoint
+    wall_before, start = records["wall_time_s"], time.time()
+    train_data = data_lib.TrainBatches(dataset.train, config.data)
     if int(state.epoch) < run_cfg.num_epochs:  # trace up front, so the first ETA is right
         tracing_start = time.time()
         state.child_steps.warm_up(*next(iter(data_lib.eval_batches(dataset.train,
                                                                     config.data.batch_size))))
         print(f"Traced the shared child's compiled pieces in {time.time() - tracing_start:.1f}s")
-    if run_cfg.steps_per_epoch:
-        # An epoch is steps_per_epoch batches of an endless stream (reshuffled every pass).
-        stream = iter(train_data.repeat())
-        batches_per_epoch = run_cfg.steps_per_epoch
-        next_epoch_batches = lambda: itertools.islice(stream, batches_per_epoch)  # noqa: E731
-    else:
-        batches_per_epoch = data_lib.num_batches(len(dataset.train.labels), config.data.batch_size)
-        next_epoch_batches = lambda: train_data  # noqa: E731
-    results = previous
+        run_dir.failpoint("traced")
+    # An epoch is one pass over the training set, or steps_per_epoch batches.
+    batches_per_epoch = run_cfg.steps_per_epoch or train_data.batches_per_pass
 
     for epoch in range(int(state.epoch), run_cfg.num_epochs):
         lr = cosine_lr(epoch, config.optim)
@@ -178,33 +171,63 @@ def _search(config: SearchConfig, dataset, summaries: RunSummaries) -> Dict:
                   f"{'random search' if config.controller.policy == 'random' else 'warm-up'})")
         record.update(train_one_epoch(
             lambda images, labels: child_step(state, images, labels, sampler),
-            next_epoch_batches(), batches_per_epoch, epoch, lr, state.step, run_cfg.log_every,
-            start, desc=f"epoch {epoch + 1} child", summaries=summaries))
+            train_data.epoch(epoch, run_cfg.steps_per_epoch), batches_per_epoch, epoch, lr,
+            state.step, run_cfg.log_every, start, desc=f"epoch {epoch + 1} child",
+            summaries=summaries))
         record["step"] = int(state.step)
         valid_iter = iter(data_lib.endless_shuffled_batches(
             dataset.valid, config.data.eval_batch_size, seed=run_cfg.seed + epoch))
         if trains_controller(config.controller, epoch):
             record.update(_train_controller(state, valid_iter, config, start, summaries))
         shown = _show_sampled_arcs(state, valid_iter, sampler)
-        arc_history += _score_arcs(state, shown, dataset.valid, config.data.eval_batch_size,
-                                   epoch + 1)
-        best = max(arc_history, key=lambda entry: entry["valid_accuracy"])
-        run_dir.write_text_atomic(os.path.join(out, BEST_ARC_FILE), best["arc"] + "\n")
-        run_dir.write_json_atomic(os.path.join(out, ARC_HISTORY_FILE), arc_history)
-        reporting.save_arc_picture(best["arc"], os.path.join(out, "best_arc.png"))
-        summaries.png("best_arc", os.path.join(out, "best_arc.png"), step=epoch + 1)
-        print(f"Best arc so far (valid accuracy {best['valid_accuracy']:.4f}, "
-              f"epoch {best['epoch']}): {best['arc']}")
+        records["arc_history"] += _score_arcs(state, shown, dataset.valid,
+                                              config.data.eval_batch_size, epoch + 1)
         if (epoch + 1) % run_cfg.eval_every_epochs == 0 or epoch + 1 == run_cfg.num_epochs:
             record.update(_evaluate(state, dataset, config.data.eval_batch_size, sampler))
             record.update(measure_lift(state, dataset.valid, config, epoch))
+        records["epochs"].append(record)
+        records["wall_time_s"] = wall_before + time.time() - start
         state.epoch.assign(epoch + 1)
-        manager.save(checkpoint_number=epoch + 1)
-        history["epochs"].append(record)
+        state.records.set(records)
+        run_dir.failpoint("before_checkpoint")
+        checkpoints.save(manager, epoch + 1)
+        run_dir.failpoint("after_checkpoint")
+        # Everything below is rewritten from the checkpoint on resume.
+        results = _write_epoch_files(config, state, records)
         summaries.scalars({f"epoch/{key}": record.get(key) for key in EPOCH_SCALARS}, epoch + 1)
-        _save_history(out, history)
-        results = _write_results(config, state, best, history, wall_before + time.time() - start)
+        summaries.png("best_arc", os.path.join(out, "best_arc.png"), step=epoch + 1)
     return results
+
+
+def _restored_records(state: SearchState, out: str) -> Dict:
+    """The epoch records of the restored checkpoint (empty at a fresh start). A checkpoint
+    older than records in checkpoints gets them from the files, cut at its epoch."""
+    records = state.records.get()
+    epochs_done = int(state.epoch)
+    if len(records["epochs"]) < epochs_done:
+        history = run_dir.read_json(os.path.join(out, HISTORY_FILE), default={"epochs": []})
+        arc_history = run_dir.read_json(os.path.join(out, ARC_HISTORY_FILE), default=[])
+        previous = run_dir.read_json(os.path.join(out, run_dir.RESULTS_FILE), default={})
+        records = {"epochs": run_dir.up_to_epoch(history["epochs"], epochs_done),
+                   "arc_history": run_dir.up_to_epoch(arc_history, epochs_done),
+                   "wall_time_s": float(previous.get("wall_time_s", 0.0))}
+    return records
+
+
+def _write_epoch_files(config: SearchConfig, state: SearchState, records: Dict) -> Dict:
+    """best_arc.txt (and .png), arc_history.json, history.json, search.png and
+    results.json, from the records of the last checkpointed epoch; returns the results."""
+    out = config.run.output_dir
+    if not records["arc_history"]:
+        return {}  # a checkpoint from before records were kept, its files gone
+    best = max(records["arc_history"], key=lambda entry: entry["valid_accuracy"])
+    run_dir.write_text_atomic(os.path.join(out, BEST_ARC_FILE), best["arc"] + "\n")
+    run_dir.write_json_atomic(os.path.join(out, ARC_HISTORY_FILE), records["arc_history"])
+    reporting.save_arc_picture(best["arc"], os.path.join(out, "best_arc.png"))
+    print(f"Best arc so far (valid accuracy {best['valid_accuracy']:.4f}, "
+          f"epoch {best['epoch']}): {best['arc']}")
+    _save_history(out, {"epochs": records["epochs"]})
+    return _write_results(config, state, best, records)
 
 
 def child_step(state: SearchState, images, labels, sampler: ArcSampler = None) -> Dict:
@@ -258,23 +281,25 @@ def _train_controller(state: SearchState, valid_iter, config: SearchConfig, star
     ctrl = config.controller
     print(f"Epoch {int(state.epoch) + 1}: training controller")
     rewards_seen = []
-    bar = reporting.ProgressBar(ctrl.train_steps, desc="controller")
-    for _ in range(ctrl.train_steps):
-        metrics = controller_update(state, valid_iter, ctrl)
-        rewards_seen += metrics["rewards"]
-        state.controller_step.assign_add(1)
-        summaries.scalars({"controller/reward": np.mean(metrics["rewards"]),
-                           "controller/baseline": state.reinforce.baseline,
-                           "controller/entropy": metrics["entropy"],
-                           "controller/loss": metrics["loss"],
-                           "controller/accuracy": metrics["accuracy"]}, int(state.controller_step))
-        bar.write(f"ctrl_step={int(state.controller_step):<6d} loss={float(metrics['loss']):.4f} "
-                  f"ent={metrics['entropy']:.2f} lr={ctrl.lr:.4f} "
-                  f"|g|={float(metrics['grad_norm']):.4f} acc={metrics['accuracy']:.4f} "
-                  f"bl={float(state.reinforce.baseline):.4f} "
-                  f"mins={(time.time() - start) / 60:.2f}")
-        bar.update()
-    bar.close()
+    with reporting.ProgressBar(ctrl.train_steps, desc="controller") as bar:
+        for _ in range(ctrl.train_steps):
+            metrics = controller_update(state, valid_iter, ctrl)
+            rewards_seen += metrics["rewards"]
+            state.controller_step.assign_add(1)
+            summaries.scalars({"controller/reward": np.mean(metrics["rewards"]),
+                               "controller/baseline": state.reinforce.baseline,
+                               "controller/entropy": metrics["entropy"],
+                               "controller/loss": metrics["loss"],
+                               "controller/accuracy": metrics["accuracy"]},
+                              int(state.controller_step))
+            bar.write(f"ctrl_step={int(state.controller_step):<6d} loss={float(metrics['loss']):.4f} "
+                      f"ent={metrics['entropy']:.2f} lr={ctrl.lr:.4f} "
+                      f"|g|={float(metrics['grad_norm']):.4f} acc={metrics['accuracy']:.4f} "
+                      f"bl={float(state.reinforce.baseline):.4f} "
+                      f"mins={(time.time() - start) / 60:.2f}")
+            bar.update()
+            run_dir.failpoint("controller_update")
+            check_stop()
     return {"controller_mean_reward": float(np.mean(rewards_seen)),
             "baseline": float(state.reinforce.baseline)}
 
@@ -330,17 +355,17 @@ def _save_history(out: str, history: Dict) -> None:
         title="search (shared-child accuracies, not retrained ones)", ylabel="accuracy / reward")
 
 
-def _write_results(config: SearchConfig, state: SearchState, best: Dict, history: Dict,
-                   wall_time: float) -> Dict:
+def _write_results(config: SearchConfig, state: SearchState, best: Dict, records: Dict) -> Dict:
     results = {
         "best_arc": best["arc"], "best_arc_valid_accuracy": best["valid_accuracy"],
         "best_arc_epoch": best["epoch"], "epochs_done": int(state.epoch),
         "num_epochs": config.run.num_epochs, "child_steps": int(state.step),
         "search_policy": config.controller.policy,
         "shared_child_params": state.child.num_params(),
-        "baseline": float(state.reinforce.baseline), "wall_time_s": round(wall_time, 2),
+        "baseline": float(state.reinforce.baseline),
+        "wall_time_s": round(records["wall_time_s"], 2),
     }
-    lifted = [e for e in history["epochs"] if "controller_lift" in e]
+    lifted = [e for e in records["epochs"] if "controller_lift" in e]
     if lifted:  # the last evaluation's
         results.update({key: lifted[-1][key] for key in LIFT_KEYS})
     results["flags"] = config.flags

@@ -6,32 +6,40 @@ as Python ints and runs only the sampled op of each node; `dispatch_all_ops`
 computes all five and selects, as the authors do, on the same weights.
 
 Execution strategy (chosen by measurement, see README "Performance"): the
-walk over the arc is plain Python, and every piece it calls (stacked
-separable conv, pools, calibration, the final combine, stem and heads) is a
-compiled tf.function. The node pieces take weight values and the input id as
-tensors, so their traces are keyed by shapes only: any number of arcs reuses
-the same few traces, and no graph carries an op that the arc did not choose.
-Compiled pieces matter on CPU: eager max pooling, for one, runs about 6x
-slower than the same op inside a graph.
+walk over the arc is plain Python, and the pieces it calls (stacked separable
+conv, pools, the final combine, every conv + BN and factorized reduction of
+the stem, calibration and aux head, the classifier) are module-level
+tf.functions; only a few small ops between them run eagerly (a relu, the aux
+head's pool and dense layer). The pieces take weight values (and the input id
+as a one-hot "pick") as tensors, so their traces are keyed by shapes only: any
+number of arcs, layers and children reuse the same few traces, and no graph
+carries an op that the arc did not choose. Compiled pieces matter on CPU:
+eager max pooling, for one, runs about 6x slower than the same op inside a
+graph. Values, not variables, are passed: a trace relaxed to several variable
+shapes keeps the first one's static shape, and its gradient then fails.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Union
 
 import tensorflow as tf
 
 from src import arc as arc_lib
 from src.configs import ChildConfig
 from src.ops import (AuxHead, Calibrate, ClassifierHead, ConvBN, FactorizedReduction,
-                     avg_pool3x3, batch_norm_batch_stats, count_params, halved, he_normal, max_pool3x3,
-                     separable_conv)
+                     avg_pool3x3, batch_norm_batch_stats, batch_norm_train, classifier_head,
+                     count_params, dropout_generator, factorized_paths, halved, he_normal,
+                     max_pool3x3, next_seed, separable_conv)
 
 
 @tf.function(reduce_retracing=True)
-def shared_sep_conv(x, input_id, depthwise, pointwise, scale, offset):
-    """Twice (relu, separable conv, BN with batch stats) with the weight slices of
-    `input_id`. Each weight list holds two variables [num_inputs, ...]."""
-    pick = tf.one_hot(input_id, tf.shape(depthwise[0])[0])
+def shared_sep_conv(x, pick, depthwise, pointwise, scale, offset):
+    """Twice (relu, separable conv, BN with batch stats) with the weight slices that
+    `pick` selects. pick: float32 [B + 2], one-hot on the input id; each weight list
+    holds two values [num_inputs, ...], num_inputs <= B + 2 (node k reads k + 2)."""
+    # A float selector, not an int id: recompute_grad watches every argument, and a
+    # tape cannot watch an integer. It is a constant, so no gradient flows into it.
+    pick = tf.stop_gradient(pick[:tf.shape(depthwise[0])[0]])
     for dw, pw, gamma, beta in zip(depthwise, pointwise, scale, offset):
         x = separable_conv(x, select_slice(dw, pick), select_slice(pw, pick))
         x, _, _ = batch_norm_batch_stats(x, select_slice(gamma, pick), select_slice(beta, pick))
@@ -69,10 +77,10 @@ class SharedSepConv(tf.Module):
         self.scale = [tf.Variable(tf.ones([num_inputs, c]), name="scale") for _ in range(2)]
         self.offset = [tf.Variable(tf.zeros([num_inputs, c]), name="offset") for _ in range(2)]
 
-    def __call__(self, x, input_id):
+    def __call__(self, x, pick):
         # Values, not variables: traces then key on shapes alone (relaxed by reduce_retracing).
         values = [[v.value() for v in vs] for vs in (self.depthwise, self.pointwise, self.scale, self.offset)]
-        return sep_conv_recomputed(x, input_id, *values)
+        return sep_conv_recomputed(x, pick, *values)
 
 
 compiled_avg_pool = tf.function(avg_pool3x3, reduce_retracing=True)
@@ -94,6 +102,37 @@ def combine_unused(concatenated, unused, final_w, bn_scale, bn_offset):
     return y
 
 
+@tf.function(reduce_retracing=True)
+def conv_bn_train(x, w, bn, relu: bool):
+    """ConvBN's training pass on weight values: (relu,) conv, BN with batch statistics.
+    bn: see batch_norm_train. Returns (y, the BN's new moving averages)."""
+    if relu:
+        x = tf.nn.relu(x)
+    return batch_norm_train(tf.nn.conv2d(x, w, 1, "SAME"), bn)
+
+
+@tf.function(reduce_retracing=True)
+def factorized_reduction_train(x, w_path1, w_path2, bn):
+    """FactorizedReduction's training pass on weight values; returns (y, new moving averages)."""
+    return batch_norm_train(factorized_paths(x, w_path1, w_path2), bn)
+
+
+compiled_classifier_head = tf.function(classifier_head, reduce_retracing=True)
+
+
+def run_piece(piece: Union[ConvBN, FactorizedReduction], x):
+    """The training pass of a ConvBN or FactorizedReduction on the compiled functions,
+    then its BN's moving averages are assigned (the search's BN normalises with batch
+    statistics and never reads them, but the checkpoint keeps them current)."""
+    if isinstance(piece, ConvBN):
+        y, moving_averages = conv_bn_train(x, piece.w.value(), piece.bn.values(), piece.relu)
+    else:
+        y, moving_averages = factorized_reduction_train(x, piece.w_path1.value(),
+                                                        piece.w_path2.value(), piece.bn.values())
+    piece.bn.assign_moving_averages(*moving_averages)
+    return y
+
+
 class NodeInput(tf.Module):
     """The five candidate ops for one input (x or y) of one node."""
 
@@ -104,11 +143,12 @@ class NodeInput(tf.Module):
                                         stacked_fan_in)
                           for op in sorted(arc_lib.SEP_CONV_KERNELS)]
 
-    def op(self, op: int, x, input_id):
-        """Output of candidate `op` (a Python int) on x; pools and identity need no weights
-        because calibration already brought every input to the cell's channels."""
+    def op(self, op: int, x, pick):
+        """Output of candidate `op` (a Python int) on x, whose input id `pick` one-hot
+        encodes; pools and identity need no weights because calibration already
+        brought every input to the cell's channels."""
         if op in arc_lib.SEP_CONV_KERNELS:
-            return self.sep_convs[op](x, input_id)
+            return self.sep_convs[op](x, pick)
         if op == arc_lib.AVG_POOL:
             return compiled_avg_pool(x)
         if op == arc_lib.MAX_POOL:
@@ -119,14 +159,14 @@ class NodeInput(tf.Module):
 Dispatch = Callable[[NodeInput, tf.Tensor, tf.Tensor, int], tf.Tensor]
 
 
-def dispatch_sampled_op(node_input: NodeInput, x, input_id, op: int):
+def dispatch_sampled_op(node_input: NodeInput, x, pick, op: int):
     """Runs only the op the arc chose (the fast path)."""
-    return node_input.op(op, x, input_id)
+    return node_input.op(op, x, pick)
 
 
-def dispatch_all_ops(node_input: NodeInput, x, input_id, op: int):
+def dispatch_all_ops(node_input: NodeInput, x, pick, op: int):
     """Runs all five ops and keeps one, as the authors' code does (the reference)."""
-    outs = tf.stack([node_input.op(o, x, input_id) for o in range(arc_lib.NUM_BRANCHES)])
+    outs = tf.stack([node_input.op(o, x, pick) for o in range(arc_lib.NUM_BRANCHES)])
     return outs[op]  # [5, N, H, W, C] -> [N, H, W, C]
 
 
@@ -150,22 +190,23 @@ class SharedLayer(tf.Module):
         self.final_scale = tf.Variable(tf.ones([channels]), name="final_scale")
         self.final_offset = tf.Variable(tf.zeros([channels]), name="final_offset")
         self.out_shape = (shape1[0], channels)
-        self._inputs = tf.function(self._prepare_inputs, reduce_retracing=True)
 
     def _prepare_inputs(self, prev0, prev1):
         """(Reduction layers: halve the last output, then) calibrate both inputs."""
         if self.reduce is not None:
-            prev0, prev1 = prev1, self.reduce(prev1, training=True)
-        x0, x1 = self.calibrate(prev0, prev1, training=True)
+            prev0, prev1 = prev1, run_piece(self.reduce, prev1)
+        x0, x1 = self.calibrate.apply(prev0, prev1, run_piece)
         return x0, x1, prev1
 
-    def __call__(self, prev0, prev1, cell: Sequence[int], ids: List[tf.Tensor], dispatch: Dispatch):
-        """Returns (this layer's output, the input the next layer sees as h[i-1])."""
-        x0, x1, prev1 = self._inputs(prev0, prev1)
+    def __call__(self, prev0, prev1, cell: Sequence[int], picks: List[tf.Tensor], dispatch: Dispatch):
+        """Returns (this layer's output, the input the next layer sees as h[i-1]).
+
+        picks[i]: the one-hot of input id i (see shared_sep_conv)."""
+        x0, x1, prev1 = self._prepare_inputs(prev0, prev1)
         states = [x0, x1]
         for (x_id, x_op, y_id, y_op), (x_in, y_in) in zip(arc_lib.cell_nodes(cell), self.nodes):
-            states.append(dispatch(x_in, states[x_id], ids[x_id], x_op)
-                          + dispatch(y_in, states[y_id], ids[y_id], y_op))
+            states.append(dispatch(x_in, states[x_id], picks[x_id], x_op)
+                          + dispatch(y_in, states[y_id], picks[y_id], y_op))
         unused = arc_lib.unused_ids(cell)
         # Only the unused states are copied (the authors stack all B + 2, then gather).
         concatenated = tf.concat([states[i] for i in unused], axis=3)  # [N,H,W,k*C]
@@ -178,7 +219,7 @@ class SharedChild(tf.Module):
     """Stem, num_layers + 2 shared layers, aux head, classifier. BN always uses
     batch statistics (also for evaluation), as in the authors' search phase."""
 
-    def __init__(self, config: ChildConfig, dispatch: Dispatch = dispatch_sampled_op):
+    def __init__(self, config: ChildConfig, dispatch: Dispatch = dispatch_sampled_op, seed: int = 0):
         super().__init__(name="shared_child")
         self.config = config
         self.dispatch = dispatch
@@ -201,17 +242,17 @@ class SharedChild(tf.Module):
             if config.use_aux_heads and layer_id == self.aux_layer:
                 self.aux_head = AuxHead(c, layer.out_shape[0], config.num_classes)
         self.head = ClassifierHead(c, config.num_classes, config.keep_prob)
-        # Input ids as tensors, made once: a Python int would retrace the compiled pieces.
-        self._ids = [tf.constant(i) for i in range(config.num_cells + 2)]
-        self._stem = tf.function(self._run_stem, reduce_retracing=True)
-        self._aux = tf.function(self._run_aux_head, reduce_retracing=True)
-        self._head = tf.function(self._run_head, reduce_retracing=True)
+        # Input ids as one-hot tensors [B + 2], made once: a Python int would retrace the
+        # compiled pieces, and all ids share one shape, hence one trace.
+        self._picks = [tf.one_hot(i, config.num_cells + 2) for i in range(config.num_cells + 2)]
+        self.rng = dropout_generator(seed)
 
-    def compiled_functions(self):
-        """Every tf.function the forward pass calls (to count traces)."""
-        functions = [shared_sep_conv, compiled_avg_pool, compiled_max_pool, combine_unused,
-                     self._stem, self._aux, self._head]
-        return functions + [layer._inputs for layer in self.layers]
+    @staticmethod
+    def compiled_functions():
+        """Every tf.function the forward pass calls (to count traces); module-level,
+        so shared by all children."""
+        return [shared_sep_conv, compiled_avg_pool, compiled_max_pool, combine_unused,
+                conv_bn_train, factorized_reduction_train, compiled_classifier_head]
 
     @property
     def layer_shapes(self):
@@ -223,25 +264,19 @@ class SharedChild(tf.Module):
         `training` switches dropout and the aux head only: BN always uses batch stats.
         """
         normal, reduction = arc_lib.split_arc([int(a) for a in arc], self.config.num_cells)
-        x = self._stem(images)
+        x = run_piece(self.stem, images)
         prev0, prev1 = x, x
         aux_logits = None
         for layer_id, layer in enumerate(self.layers):
             cell = reduction if layer.reduce is not None else normal
-            out, prev1 = layer(prev0, prev1, cell, self._ids, self.dispatch)
+            out, prev1 = layer(prev0, prev1, cell, self._picks, self.dispatch)
             prev0, prev1 = prev1, out
             if training and self.aux_head is not None and layer_id == self.aux_layer:
-                aux_logits = self._aux(out)
-        return self._head(prev1, training), aux_logits
-
-    def _run_stem(self, images):
-        return self.stem(images, training=True)
-
-    def _run_aux_head(self, x):
-        return self.aux_head(x, training=True)
-
-    def _run_head(self, x, training: bool):
-        return self.head(x, training)
+                aux_logits = self.aux_head.apply(out, run_piece)
+        # The dropout seed is drawn even where it is unused, so every call has one signature.
+        logits = compiled_classifier_head(prev1, self.head.w.value(), self.head.keep_prob,
+                                          training, next_seed(self.rng))
+        return logits, aux_logits
 
     def body_variables(self) -> List[tf.Variable]:
         """Every trainable variable but the aux head's."""

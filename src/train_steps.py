@@ -9,9 +9,13 @@ Models are passed in; nothing here reads globals. Two step builders:
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
+import json
 import math
-import os
 import random
+import signal
+import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -19,7 +23,8 @@ import numpy as np
 import tensorflow as tf
 
 from src import arc as arc_lib
-from src import reporting
+from src import reporting, run_dir
+from src.checkpoints import CheckpointMismatch
 from src.configs import OptimConfig
 from src.summaries import RunSummaries
 
@@ -75,6 +80,21 @@ class NesterovSGD(tf.Module):
         self.accumulator = tf.Variable(tf.zeros([sum(self._sizes)]), trainable=False,
                                        name="accumulator")
         self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
+        # The accumulator is one flat vector: a checkpoint made for other variables (or the
+        # same ones in another order) would restore into it without any error. So the
+        # layout is saved beside it and checked after a restore (check_layout).
+        self._layout = [f"{v.name} {v.shape.as_list()}" for v in self._variables]
+        self.layout = tf.Variable(json.dumps(self._layout), trainable=False, name="layout")
+
+    def check_layout(self) -> None:
+        """Raises CheckpointMismatch, naming the first variable that differs, if the
+        restored accumulator was laid out for other variables."""
+        saved = json.loads(self.layout.numpy().decode("utf-8"))
+        for index, (here, there) in enumerate(itertools.zip_longest(self._layout, saved)):
+            if here != there:
+                raise CheckpointMismatch(
+                    f"the checkpoint's optimizer state was saved for other variables: variable "
+                    f"{index} is {here or 'missing'} here, {there or 'missing'} in the checkpoint")
 
     def apply(self, grads):
         """Applies one update (call inside a tf.function); returns the global gradient
@@ -165,7 +185,9 @@ class SharedChildSteps:
 
     def warm_up(self, images, labels) -> None:
         """Traces every compiled piece (forward, backward, evaluation) on two arcs that
-        use every op, without an optimizer step."""
+        use every op, without an optimizer step, and without using up dropout draws (a
+        resumed run warms up too, and must draw what an uninterrupted one does)."""
+        rng_state = tf.identity(self.model.rng.state)
         for arc in arc_lib.warm_up_arcs(self.model.config.num_cells):
             with tf.GradientTape() as tape:
                 logits, aux_logits = self.model(images, arc, training=True)
@@ -174,6 +196,7 @@ class SharedChildSteps:
             self.model(images, arc, training=False)
         # Trace the update without running it (running it would move the weights).
         self._apply.get_concrete_function([tf.TensorSpec(v.shape, v.dtype) for v in self.variables])
+        self.model.rng.state.assign(rng_state)
 
     def count_correct(self, images, labels, arc: Sequence[int]):
         """Correct predictions of the shared child with `arc` (batch-stat BN, no dropout)."""
@@ -187,52 +210,88 @@ class SharedChildSteps:
 StepFn = Callable[[tf.Tensor, tf.Tensor], Dict[str, tf.Tensor]]
 
 
+class NonFiniteLoss(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite."""
+
+
+class StopRequested(Exception):
+    """SIGTERM or SIGINT arrived; raised at the next step boundary."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_stop_signal: Optional[int] = None  # set by the handler of stop_at_step_boundaries
+
+
+@contextlib.contextmanager
+def stop_at_step_boundaries():
+    """While active, SIGTERM and SIGINT let the current step finish: the next check_stop()
+    raises StopRequested. A second signal interrupts at once."""
+    global _stop_signal
+
+    def request_stop(signum, frame):
+        global _stop_signal
+        if _stop_signal is not None:
+            raise KeyboardInterrupt
+        _stop_signal = signum
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may install signal handlers
+        return
+    previous = {signum: signal.signal(signum, request_stop)
+                for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _stop_signal = None
+
+
+def check_stop() -> None:
+    if _stop_signal is not None:
+        raise StopRequested(_stop_signal)
+
+
+def check_finite(loss: float, grad_norm: float, epoch: int, step: int) -> None:
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        raise NonFiniteLoss(f"the loss became {loss} (gradient norm {grad_norm}) at epoch "
+                            f"{epoch + 1}, step {step}; nothing of it was checkpointed. A lower "
+                            "--child_lr_max usually helps")
+
+
 def train_one_epoch(step_fn: StepFn, batches, num_batches: int, epoch: int, lr: float,
                     step: tf.Variable, log_every: int, start: float, desc: str,
                     summaries: Optional[RunSummaries] = None) -> Dict[str, float]:
     """Runs step_fn(images, labels) -> {loss, grad_norm, correct} over one epoch with a
     progress bar, a log line every log_every steps (global step counter `step`) and,
-    given summaries, the step's figures in TensorBoard.
+    given summaries, the step's figures in TensorBoard. Stops with NonFiniteLoss on a
+    NaN or infinite loss, and with StopRequested after a step when a signal asked.
 
     Returns the epoch's mean training loss and accuracy."""
     losses, correct, seen = [], 0, 0
-    bar = reporting.ProgressBar(num_batches, desc=desc)
-    for images, labels in batches:
-        metrics = step_fn(images, labels)
-        step.assign_add(1)
-        losses.append(float(metrics["loss"]))  # also waits for the step to finish
-        correct += int(metrics["correct"])
-        seen += int(labels.shape[0])
-        if summaries is not None:
-            summaries.scalars({"child/loss": losses[-1], "child/learning_rate": lr,
-                               "child/accuracy": int(metrics["correct"]) / int(labels.shape[0]),
-                               "child/grad_norm": metrics["grad_norm"]}, int(step))
-        if int(step) % log_every == 0:
-            bar.write(reporting.format_train_line(
-                epoch + 1, int(step), losses[-1], lr, float(metrics["grad_norm"]),
-                int(metrics["correct"]), int(labels.shape[0]), (time.time() - start) / 60,
-                bar.eta()))
-        bar.update(loss=losses[-1])
-    bar.close()
+    with reporting.ProgressBar(num_batches, desc=desc) as bar:
+        for images, labels in batches:
+            metrics = step_fn(images, labels)
+            step.assign_add(1)
+            losses.append(float(metrics["loss"]))  # also waits for the step to finish
+            grad_norm = float(metrics["grad_norm"])
+            check_finite(losses[-1], grad_norm, epoch, int(step))
+            correct += int(metrics["correct"])
+            seen += int(labels.shape[0])
+            if summaries is not None:
+                summaries.scalars({"child/loss": losses[-1], "child/learning_rate": lr,
+                                   "child/accuracy": int(metrics["correct"]) / int(labels.shape[0]),
+                                   "child/grad_norm": grad_norm}, int(step))
+            if int(step) % log_every == 0:
+                bar.write(reporting.format_train_line(
+                    epoch + 1, int(step), losses[-1], lr, grad_norm,
+                    int(metrics["correct"]), int(labels.shape[0]), (time.time() - start) / 60,
+                    bar.eta()))
+            bar.update(loss=losses[-1])
+            run_dir.failpoint("child_step")
+            check_stop()
     return {"train_loss": float(np.mean(losses)) if losses else float("nan"),
             "train_accuracy": correct / max(1, seen)}
-
-
-class CheckpointMismatch(ValueError):
-    """The output folder's checkpoint does not fit the model built from these flags."""
-
-
-def restore_or_start(checkpoint: tf.train.Checkpoint, output_dir: str,
-                     checkpoint_subdir: str) -> tf.train.CheckpointManager:
-    """A manager for output_dir/checkpoint_subdir; restores its latest checkpoint if any
-    (the caller prints where it resumed)."""
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(output_dir, checkpoint_subdir),
-                                         max_to_keep=3)
-    if manager.latest_checkpoint:
-        try:
-            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.InvalidArgumentError):
-            raise CheckpointMismatch(
-                f"{output_dir} holds checkpoints of a different model (other flags?); choose "
-                "another --output_dir or pass --reset_output_dir") from None
-    return manager

@@ -1,4 +1,5 @@
 """Image folders -> arrays -> tf.data: loading, errors, offline and on-the-fly augmentation."""
+import dataclasses
 import os
 
 import cv2
@@ -193,14 +194,14 @@ def test_bad_config_values(tmp_path, overrides, message):
 # Pipelines
 
 
-def test_train_batches_cover_every_example_once_and_reshuffle():
+def test_train_batches_cover_every_example_once_and_reshuffle_each_epoch():
     split = indexed_split(10)
-    batches = data.train_batches(split, DataConfig(batch_size=4, random_crop=False))
-    first = [(x.numpy(), y.numpy()) for x, y in batches]
+    batches = data.TrainBatches(split, DataConfig(batch_size=4, random_crop=False))
+    first = [(x.numpy(), y.numpy()) for x, y in batches.epoch(0)]
     assert [len(y) for _, y in first] == [4, 4, 2] == [len(x) for x, _ in first]
     assert first[0][0].shape[1:] == (6, 6, 1) and first[0][0].dtype == np.float32
     assert first[0][1].dtype == np.int32
-    images, labels = collect(batches)  # a second epoch from the same dataset
+    images, labels = collect(batches.epoch(1))
     first_labels = np.concatenate([y for _, y in first])
     assert sorted(first_labels) == sorted(labels) == list(range(10))
     assert not np.array_equal(first_labels, labels)
@@ -208,12 +209,24 @@ def test_train_batches_cover_every_example_once_and_reshuffle():
     assert data.num_batches(10, 4) == 3 and data.num_batches(8, 4) == 2
 
 
-def test_train_batches_are_reproducible_from_the_seed():
+def test_an_epoch_depends_on_the_seed_and_its_number_only():
     config = DataConfig(batch_size=4, random_crop=True, random_flip=True, cutout_size=2, seed=3)
     split = indexed_split(10)
-    first, second = collect(data.train_batches(split, config)), collect(data.train_batches(split, config))
-    np.testing.assert_array_equal(first[0], second[0])
-    np.testing.assert_array_equal(first[1], second[1])
+    late = data.TrainBatches(split, config)
+    for epoch in range(3):  # a process that has already run epochs 0-2 ...
+        collect(late.epoch(epoch))
+    fresh = collect(data.TrainBatches(split, config).epoch(3))  # ... and a resumed one
+    for a, b in zip(collect(late.epoch(3)), fresh):
+        np.testing.assert_array_equal(a, b)
+    other_seed = collect(data.TrainBatches(split, dataclasses.replace(config, seed=4)).epoch(3))
+    assert not np.array_equal(other_seed[1], fresh[1])
+
+
+def test_step_sized_epochs_take_full_batches_across_passes():
+    batches = data.TrainBatches(indexed_split(10), DataConfig(batch_size=4, random_crop=False))
+    labels = [y.numpy() for _, y in batches.epoch(2, steps=5)]
+    assert [len(y) for y in labels] == [4, 4, 4, 4, 4]
+    assert sorted(np.concatenate(labels)[:10]) == list(range(10))  # the first pass is whole
 
 
 def test_random_crop_keeps_shape_and_shifts_content():
@@ -224,7 +237,7 @@ def test_random_crop_keeps_shape_and_shifts_content():
     kept = cropped.sum(axis=(1, 2, 3))
     assert kept.min() >= 6 * 6 and kept.max() == 100 and kept.min() < 100
     split = indexed_split(5, size=10)
-    images, _ = collect(data.train_batches(split, DataConfig(batch_size=2, random_crop=True)))
+    images, _ = collect(data.TrainBatches(split, DataConfig(batch_size=2, random_crop=True)).epoch(0))
     assert images.shape == (5, 10, 10, 1)
 
 

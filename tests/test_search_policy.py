@@ -13,7 +13,7 @@ from src import arc as arc_lib
 from src import run_dir, search
 from src.configs import ControllerConfig, RunConfig
 from src.controller import Controller
-from src.train_steps import restore_or_start
+from src.checkpoints import restore_or_start
 from tests.conftest import ROOT
 from tests.test_end_to_end import read, search_config
 

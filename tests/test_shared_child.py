@@ -109,6 +109,30 @@ def test_many_arcs_reuse_the_same_traces():
     assert steps._apply.experimental_get_tracing_count() == 1
 
 
+def test_a_second_child_reuses_the_first_ones_traces():
+    # The compiled pieces are module-level and take weights as arguments: no trace per
+    # layer or child instance (TensorFlow warns about those as retracing).
+    images, arc = tf.random.normal([2, 16, 16, 1]), arc_lib.parse_arc(arc_lib.DEFAULT_ARC)
+
+    def traces():
+        return sum(f.experimental_get_tracing_count() for f in SharedChild.compiled_functions())
+
+    SharedChild(tiny_child_config())(images, arc, training=True)
+    warm = traces()
+    SharedChild(tiny_child_config())(images, arc, training=True)
+    assert traces() == warm
+
+
+def test_forward_keeps_the_bn_moving_averages_current():
+    child = SharedChild(tiny_child_config())
+    bns = [child.stem.bn, child.layers[0].calibrate.project_x.bn, child.layers[1].reduce.bn,
+           child.aux_head.proj.bn]
+    child(tf.random.normal([2, 16, 16, 1]) + 3.0, arc_lib.parse_arc(arc_lib.DEFAULT_ARC),
+          training=True)
+    for bn in bns:
+        assert not np.allclose(bn.moving_mean, 0.0) and not np.allclose(bn.moving_variance, 1.0)
+
+
 @pytest.mark.parametrize("img_size, num_reductions", [(28, 3), (30, 2)])
 def test_odd_feature_map_sizes_round_up(img_size, num_reductions):
     child = SharedChild(tiny_child_config(img_size=img_size, num_reductions=num_reductions))
@@ -119,13 +143,14 @@ def test_odd_feature_map_sizes_round_up(img_size, num_reductions):
 
 def test_recomputed_sep_conv_gives_the_plain_gradients():
     sep = SharedSepConv(5, num_inputs=3, channels=4)
-    x, input_id = tf.random.normal([2, 8, 8, 4]), tf.constant(2)
+    # Input id 2 of B + 2 = 7 possible ids; these weights hold 3 slices (node 1).
+    x, pick = tf.random.normal([2, 8, 8, 4]), tf.one_hot(2, 7)
     weights = [[v.value() for v in vs] for vs in (sep.depthwise, sep.pointwise, sep.scale, sep.offset)]
     grads = []
     for fn in (shared_sep_conv, sep_conv_recomputed):
         with tf.GradientTape() as tape:
             tape.watch([x] + tf.nest.flatten(weights))
-            loss = tf.reduce_sum(tf.sin(fn(x, input_id, *weights)))
+            loss = tf.reduce_sum(tf.sin(fn(x, pick, *weights)))
         grads.append(tape.gradient(loss, [x] + tf.nest.flatten(weights)))
     for plain, recomputed in zip(*grads):
         np.testing.assert_allclose(plain, recomputed, rtol=1e-5, atol=1e-6)

@@ -69,9 +69,9 @@ def test_fixed_train_step_learns_a_tiny_batch_and_traces_once():
 
 
 def test_a_checkpoint_of_another_model_is_a_one_line_error(tmp_path):
-    from src.train_steps import CheckpointMismatch, restore_or_start
+    from src.checkpoints import CheckpointMismatch, restore_or_start
     first = tf.train.Checkpoint(w=tf.Variable(tf.zeros([2])))
-    restore_or_start(first, str(tmp_path), "checkpoints").save()
+    restore_or_start(first, str(tmp_path), "checkpoints")[0].save()
     other = tf.train.Checkpoint(w=tf.Variable(tf.zeros([3])))
     with pytest.raises(CheckpointMismatch, match="different model"):
         restore_or_start(other, str(tmp_path), "checkpoints")

@@ -126,7 +126,7 @@ def run_variant(name: str, args, datasets: Dict) -> List[Tuple[int, float]]:
     steps = SharedChildSteps(child, OptimConfig(lr_max=lr, lr_min=lr, l2_reg=1e-4, **optim_over))
     steps.set_learning_rate(lr)
     next_arc = arc_policy(policy, args.seed)
-    batches = iter(data_lib.train_batches(dataset.train, data_cfg).repeat())
+    batches = iter(data_lib.TrainBatches(dataset.train, data_cfg).epoch(0, steps=args.steps))
     points, start = [], time.time()
     for step in range(1, args.steps + 1):
         images, labels = next(batches)

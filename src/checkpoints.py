@@ -1,0 +1,80 @@
+"""What a run checkpoints, how it resumes, and what it does with a bad checkpoint.
+
+The checkpoint is the run's single source of truth: it also holds the epoch
+records (history, scored arcs), so the files a run writes after each checkpoint
+(history.json, best_arc.txt, results.json, ...) can always be rewritten from it.
+A run killed anywhere resumes from its last complete checkpoint and rewrites
+those files first.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional, Sequence, Tuple
+
+import tensorflow as tf
+
+from src.run_dir import OutputDirError
+
+MAX_TO_KEEP = 3
+# Restoring a truncated or missing file raises these (IndexError: "Read less bytes than
+# requested", from TensorFlow's reader); anything else is another model.
+_CORRUPT = (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.OutOfRangeError, IndexError)
+
+
+class CheckpointMismatch(ValueError):
+    """The output folder's checkpoint does not fit the model built from these flags."""
+
+
+class JsonRecords(tf.Module):
+    """A JSON document saved inside the checkpoint."""
+
+    def __init__(self, default: Any):
+        super().__init__(name="records")
+        self.text = tf.Variable(json.dumps(default), dtype=tf.string, trainable=False)
+
+    def get(self) -> Any:
+        return json.loads(self.text.numpy().decode("utf-8"))
+
+    def set(self, value: Any) -> None:
+        self.text.assign(json.dumps(value))
+
+
+def restore_or_start(checkpoint: tf.train.Checkpoint, output_dir: str, checkpoint_subdir: str,
+                     optimizers: Sequence = ()) -> Tuple[tf.train.CheckpointManager, Optional[str]]:
+    """(a manager for output_dir/checkpoint_subdir, the checkpoint restored or None).
+
+    Restores the latest checkpoint if any (the caller prints where it resumed); a
+    truncated or corrupt one is skipped, with a notice, for the one before it. Each
+    optimizer's layout is checked after restoring."""
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(output_dir, checkpoint_subdir),
+                                         max_to_keep=MAX_TO_KEEP)
+    candidates = list(reversed(manager.checkpoints))
+    for path in candidates:
+        try:
+            checkpoint.restore(path).assert_existing_objects_matched()
+        except _CORRUPT as error:
+            reason = getattr(error, "message", None) or str(error)
+            print(f"notice: skipping the unreadable checkpoint {path} ({reason.splitlines()[0]})")
+            continue
+        except (AssertionError, ValueError, tf.errors.InvalidArgumentError):
+            raise CheckpointMismatch(
+                f"{output_dir} holds checkpoints of a different model (other flags?); choose "
+                "another --output_dir or pass --reset_output_dir") from None
+        for optimizer in optimizers:
+            optimizer.check_layout()
+        return manager, path
+    if candidates:
+        raise OutputDirError(f"no readable checkpoint in {manager.directory}; move it away or "
+                             "pass --reset_output_dir to start again")
+    return manager, None
+
+
+def save(manager: tf.train.CheckpointManager, number: int) -> None:
+    """Saves checkpoint `number`; a storage failure becomes a one-line OutputDirError (the
+    previous checkpoints stay as they were)."""
+    try:
+        manager.save(checkpoint_number=number)
+    except tf.errors.OpError as error:
+        raise OutputDirError(f"cannot write checkpoint {number} in {manager.directory}: "
+                             f"{error.message.splitlines()[0]}") from None
