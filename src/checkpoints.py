@@ -52,7 +52,7 @@ def restore_or_start(checkpoint: tf.train.Checkpoint, output_dir: str, checkpoin
     candidates = list(reversed(manager.checkpoints))
     for path in candidates:
         try:
-            checkpoint.restore(path).assert_existing_objects_matched()
+            _restore(checkpoint, path)
         except _CORRUPT as error:
             reason = getattr(error, "message", None) or str(error)
             print(f"notice: skipping the unreadable checkpoint {path} ({reason.splitlines()[0]})")
@@ -68,6 +68,23 @@ def restore_or_start(checkpoint: tf.train.Checkpoint, output_dir: str, checkpoin
         raise OutputDirError(f"no readable checkpoint in {manager.directory}; move it away or "
                              "pass --reset_output_dir to start again")
     return manager, None
+
+
+def _restore(checkpoint: tf.train.Checkpoint, path: str) -> None:
+    status = checkpoint.restore(path)
+    if _written_before_records(path):
+        # An earlier version of this tool had no records, random generators or optimizer
+        # layout in its checkpoints: those keep their fresh values. A different model
+        # still fails, on a shape (ValueError) or with nothing matched.
+        status.expect_partial().assert_nontrivial_match()
+        print(f"notice: {path} was written by an earlier version of this tool; its epoch "
+              "records are taken from the output files")
+        return
+    status.assert_existing_objects_matched()
+
+
+def _written_before_records(path: str) -> bool:
+    return not any(name.startswith("records/") for name, _ in tf.train.list_variables(path))
 
 
 def save(manager: tf.train.CheckpointManager, number: int) -> None:

@@ -277,3 +277,16 @@ def test_storage_errors_exit_2_with_one_line(error, code, line, capsys):
         cli_common.run_or_exit(failing_run)
     assert stopped.value.code == code
     assert capsys.readouterr().err.strip().splitlines() == [line]
+
+
+def test_a_checkpoint_from_before_records_restores_with_a_notice(tmp_path, capsys):
+    old = tf.train.Checkpoint(w=tf.Variable([1.0, 2.0]))
+    tf.train.CheckpointManager(old, str(tmp_path / "checkpoints"), max_to_keep=3).save()
+    w = tf.Variable([0.0, 0.0])
+    new = tf.train.Checkpoint(w=w, records=checkpoints.JsonRecords({"epochs": []}))
+    _, restored = checkpoints.restore_or_start(new, str(tmp_path), "checkpoints")
+    assert restored.endswith("ckpt-1") and w.numpy().tolist() == [1.0, 2.0]
+    assert "written by an earlier version" in capsys.readouterr().out
+    other = tf.train.Checkpoint(w=tf.Variable([0.0, 0.0, 0.0]))
+    with pytest.raises(checkpoints.CheckpointMismatch):
+        checkpoints.restore_or_start(other, str(tmp_path), "checkpoints")
