@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import tensorflow as tf
+from tensorboard.compat.proto import event_pb2
 
 from src import arc as arc_lib
 from src import fixed_train, search
@@ -43,12 +44,13 @@ def read(path):
 
 
 def tensorboard_events(run_dir):
-    """{tag: [(step, value)]} from a run's TensorBoard event files, read back with
-    TensorFlow's reader; an image's value is its PNG width."""
+    """{tag: [(step, value)]} from a run's TensorBoard event files, read back as TFRecords
+    with TensorBoard's Event proto; an image's value is its PNG width."""
     events = {}
     folder = os.path.join(run_dir, "tensorboard")
     for name in sorted(os.listdir(folder)):
-        for event in tf.compat.v1.train.summary_iterator(os.path.join(folder, name)):
+        for record in tf.data.TFRecordDataset(os.path.join(folder, name)):
+            event = event_pb2.Event.FromString(record.numpy())
             for value in event.summary.value:
                 array = tf.make_ndarray(value.tensor)
                 number = float(array) if array.ndim == 0 else int(array[0])  # image: [w, h, png...]
