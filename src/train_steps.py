@@ -276,20 +276,21 @@ def train_one_epoch(step_fn: StepFn, batches, num_batches: int, epoch: int, lr: 
         for images, labels in batches:
             metrics = step_fn(images, labels)
             step.assign_add(1)
+            # One read of each figure per step: every int()/float() of a tensor is a host sync.
+            step_now, batch = int(step), int(labels.shape[0])
             losses.append(float(metrics["loss"]))  # also waits for the step to finish
-            grad_norm = float(metrics["grad_norm"])
-            check_finite(losses[-1], grad_norm, epoch, int(step))
-            correct += int(metrics["correct"])
-            seen += int(labels.shape[0])
+            grad_norm, batch_correct = float(metrics["grad_norm"]), int(metrics["correct"])
+            check_finite(losses[-1], grad_norm, epoch, step_now)
+            correct += batch_correct
+            seen += batch
             if summaries is not None:
                 summaries.scalars({"child/loss": losses[-1], "child/learning_rate": lr,
-                                   "child/accuracy": int(metrics["correct"]) / int(labels.shape[0]),
-                                   "child/grad_norm": grad_norm}, int(step))
-            if int(step) % log_every == 0:
+                                   "child/accuracy": batch_correct / batch,
+                                   "child/grad_norm": grad_norm}, step_now)
+            if step_now % log_every == 0:
                 bar.write(reporting.format_train_line(
-                    epoch + 1, int(step), losses[-1], lr, grad_norm,
-                    int(metrics["correct"]), int(labels.shape[0]), (time.time() - start) / 60,
-                    bar.eta()))
+                    epoch + 1, step_now, losses[-1], lr, grad_norm, batch_correct, batch,
+                    (time.time() - start) / 60, bar.eta()))
             bar.update(loss=losses[-1])
             run_dir.failpoint("child_step")
             check_stop()
