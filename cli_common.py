@@ -9,6 +9,7 @@ from typing import Callable
 
 from absl import flags, logging
 
+from src import image_cache
 from src.arc import ArcError
 from src.configs import ChildConfig, ConfigError, DataConfig, OptimConfig, RunConfig
 from src.data import DataError
@@ -37,6 +38,10 @@ def define_common_flags(*, output_dir: str, num_epochs: int, num_layers: int, ou
     flags.DEFINE_integer("img_size", 32, "Every image is resized to img_size x img_size.")
     flags.DEFINE_integer("n_aug_img", 1, "Offline augmentation: the training set becomes "
                          "n_aug_img times its size (1 = originals only).")
+    flags.DEFINE_string("cache_dir", "", "Folder of the decoded-image cache: every data folder is "
+                        "decoded once (resized, uint8) into a file there that later runs with the "
+                        "same images, --img_size and --channel reuse; large sets are streamed "
+                        "from it. Empty = OUTPUT_DIR/cache. Safe to delete.")
     flags.DEFINE_integer("batch_size", 128, "Training and evaluation batch size.")
     flags.DEFINE_integer("num_epochs", num_epochs, "Epochs to train (0 = build, count, evaluate).")
     flags.DEFINE_integer("child_num_layers", num_layers, "Layers besides the reduction layers: the paper's layout adds 2 "
@@ -77,7 +82,8 @@ def data_config() -> DataConfig:
         channel=FLAGS.channel, img_size=FLAGS.img_size, n_aug_img=FLAGS.n_aug_img,
         batch_size=FLAGS.batch_size, eval_batch_size=FLAGS.batch_size,
         random_crop=FLAGS.child_random_crop, random_flip=FLAGS.child_random_flip,
-        cutout_size=FLAGS.child_cutout_size, seed=FLAGS.seed)
+        cutout_size=FLAGS.child_cutout_size, seed=FLAGS.seed,
+        cache_dir=FLAGS.cache_dir or image_cache.default_cache_dir(FLAGS.output_dir))
 
 
 def child_config() -> ChildConfig:

@@ -28,6 +28,12 @@ class DataConfig:
     random_flip: bool = False  # horizontal flip, on the fly (wrong for digits)
     cutout_size: int = 0  # 0 = off
     seed: int = 0
+    # Folder of the decoded-image cache (src/image_cache.py); '' = build it in a temporary
+    # file that is not kept. The entry scripts default it to OUTPUT_DIR/cache.
+    cache_dir: str = ""
+    # A split whose uint8 pixels take at most this many MB is held in memory; a larger
+    # one is streamed from its cache file, so memory does not grow with the data set.
+    in_memory_max_mb: float = 128.0
 
 
 @dataclasses.dataclass(frozen=True)

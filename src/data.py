@@ -1,27 +1,30 @@
-"""Image folders -> in-memory arrays -> tf.data pipelines.
+"""Image folders -> uint8 arrays (cached on disk) -> tf.data pipelines.
 
-Layout: DIR/<class>/<image> for each of the train, valid and test folders. The
-whole data set is read once into memory (resized, optionally multiplied by
-offline augmentation, normalised per channel with the training statistics); the
-pipelines then only gather batches by index and augment them with vectorised
-TensorFlow ops, so no Python runs per step.
+Layout: DIR/<class>/<image> for each of the train, valid and test folders. Each
+folder is decoded once into a uint8 cache file (src/image_cache.py) that later
+runs map instead of decoding; offline augmentation copies go to the cache too.
+A split small enough (DataConfig.in_memory_max_mb) is then held in memory as a
+uint8 tensor; a larger one is streamed from the mapped file, so memory does not
+grow with the data set. Either way the pipelines gather the uint8 rows of a
+batch, then scale, normalise (training mean and std) and augment them with
+vectorised TensorFlow ops inside tf.data, in parallel and prefetched.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
+import functools
 import math
-import os
-import time
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
 import tensorflow as tf
 
+from src import image_cache
 from src.configs import DataConfig
-
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+# Re-exported: the folder and image functions live in image_cache, below this module.
+from src.image_cache import (IMAGE_EXTENSIONS, DataError, is_image_name, list_classes,  # noqa: F401
+                             read_image, read_image_as_opencv, resize_square)
 
 # Offline augmentation (the image-folder variant's n_aug_img copies).
 MAX_ZOOM = 1.2
@@ -29,23 +32,24 @@ MAX_ROTATION_DEG = 20.0
 CONTRAST_RANGE = (0.8, 1.2)  # pixel * contrast + brightness
 BRIGHTNESS_RANGE = (-20.0, 20.0)  # in 0..255 pixel levels
 NOISE_STD = 4.0  # Gaussian pixel noise, in 0..255 pixel levels
+_AUG_CHUNK = 1024  # source images augmented before they are written to the cache
 
 # On-the-fly augmentation (the authors' pipeline).
 CROP_PAD = 4
 
-_READ_THREADS = min(8, os.cpu_count() or 1)  # cv2 releases the GIL while decoding
-_STATS_CHUNK = 1 << 22  # pixels per chunk when summing in float64
-
-
-class DataError(ValueError):
-    """The data cannot be used; the message names the problem in one line."""
+_STATS_CHUNK = 1 << 20  # pixels per chunk when summing
 
 
 @dataclasses.dataclass
 class Split:
-    images: np.ndarray  # float32 [N, H, W, C], normalised
+    """One split: uint8 pixels, normalised in the pipelines with the training statistics."""
+    images: np.ndarray  # uint8 [N, H, W, C]: a read-only memmap of the cache file, or an array
     labels: np.ndarray  # int32 [N]
     paths: List[str]  # source image of each row (augmented copies repeat their source)
+    mean: Optional[np.ndarray] = None  # float32 [C], training set, pixels in [0, 1]; None = 0
+    std: Optional[np.ndarray] = None  # float32 [C]; None = 1
+    # The images as a tensor in memory (the small-set path); None = streamed from `images`.
+    in_memory: Optional[tf.Tensor] = dataclasses.field(default=None, repr=False)
 
 
 @dataclasses.dataclass
@@ -64,11 +68,12 @@ class Dataset:
 
 @dataclasses.dataclass
 class _RawSplit:
-    """A split as read from disk, before normalisation."""
-    images: np.ndarray  # uint8 [N, H, W, C]
+    """A split as read from disk (or the cache), before normalisation."""
+    images: np.ndarray  # uint8 [N, H, W, C], usually a read-only memmap
     labels: np.ndarray  # int32 [N]
     paths: List[str]
     class_names: List[str]
+    key: Optional[dict] = None  # the cache key of `images` (offline augmentation extends it)
 
 
 # ----------------------------------------------------------------------------
@@ -76,23 +81,21 @@ class _RawSplit:
 
 
 def load_dataset(config: DataConfig, verbose: bool = True) -> Dataset:
-    """Reads the three folders, augments the training set offline and normalises all
-    splits with the training set's per-channel mean and std."""
+    """Reads the three folders (through the cache), augments the training set offline,
+    computes the training set's per-channel mean and std, and holds each split in memory
+    or streams it, by its size."""
     check_config(config)
     train = read_split("train", config.train_dir, config, verbose)
     valid = read_split("valid", config.valid_dir, config, verbose)
     test = read_split("test", config.test_dir, config, verbose)
     check_same_classes(train, ("valid", valid), ("test", test))
     if config.n_aug_img > 1:
-        start = time.time()
-        train = augment_split_offline(train, config.n_aug_img, config.channel, config.seed)
-        if verbose:
-            print(f"Offline augmentation x{config.n_aug_img}: train now {len(train.labels)} "
-                  f"images ({time.time() - start:.1f}s)")
+        train = augment_split_offline(train, config.n_aug_img, config.channel, config.seed,
+                                      config.cache_dir, verbose)
     mean, std = channel_mean_std(train.images)
-    return Dataset(train=normalised_split(train, mean, std), valid=normalised_split(valid, mean, std),
-                   test=normalised_split(test, mean, std), class_names=train.class_names,
-                   mean=mean, std=std)
+    splits = [placed_split(name, raw, mean, std, config.in_memory_max_mb, verbose)
+              for name, raw in (("train", train), ("valid", valid), ("test", test))]
+    return Dataset(*splits, class_names=train.class_names, mean=mean, std=std)
 
 
 def check_config(config: DataConfig) -> None:
@@ -106,73 +109,24 @@ def check_config(config: DataConfig) -> None:
 
 
 def read_split(name: str, directory: str, config: DataConfig, verbose: bool = False) -> _RawSplit:
-    """All images of one folder, resized, uint8 [N, img_size, img_size, channel]."""
-    start = time.time()
-    class_names = list_classes(directory)
-    paths, labels = [], []
-    for label, class_name in enumerate(class_names):
-        class_paths = list_images(os.path.join(directory, class_name))
-        paths += class_paths
-        labels += [label] * len(class_paths)
-    with concurrent.futures.ThreadPoolExecutor(_READ_THREADS) as pool:
-        images = list(pool.map(lambda path: read_image(path, config.channel, config.img_size), paths))
+    """All images of one folder, resized, uint8 [N, img_size, img_size, channel], mapped
+    from the cache (decoded into it first if it holds no copy of this folder)."""
+    listing = image_cache.list_folder(directory)
+    cached = image_cache.cached_folder(listing, name, config.img_size, config.channel,
+                                       config.cache_dir)
     if verbose:
-        print(f"Read {name}: {len(paths)} images in {len(class_names)} classes from {directory} "
-              f"({time.time() - start:.1f}s)")
-    return _RawSplit(images=np.stack(images), labels=np.asarray(labels, np.int32), paths=paths,
-                     class_names=class_names)
+        print(f"Read {name}: {len(listing.paths)} images in {len(listing.class_names)} classes "
+              f"from {directory}: {_cache_note(cached)}")
+    return _RawSplit(images=cached.images, labels=listing.labels, paths=listing.paths,
+                     class_names=listing.class_names,
+                     key=image_cache.folder_key(listing, config.img_size, config.channel))
 
 
-def list_classes(directory: str) -> List[str]:
-    """Sorted names of the visible subfolders of `directory`."""
-    if not os.path.isdir(directory):
-        raise DataError(f"data folder not found: {directory}")
-    names = sorted(name for name in os.listdir(directory)
-                   if not name.startswith(".") and os.path.isdir(os.path.join(directory, name)))
-    if not names:
-        raise DataError(f"no class subfolders in {directory} (expected {directory}/<class>/<image>)")
-    return names
-
-
-def list_images(class_dir: str) -> List[str]:
-    """Sorted paths of the visible image files in one class folder."""
-    paths = sorted(os.path.join(class_dir, name) for name in os.listdir(class_dir)
-                   if is_image_name(name) and os.path.isfile(os.path.join(class_dir, name)))
-    if not paths:
-        raise DataError(f"no images in class folder {class_dir} "
-                        f"(extensions: {' '.join(sorted(IMAGE_EXTENSIONS))})")
-    return paths
-
-
-def is_image_name(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-def read_image(path: str, channel: int, size: int) -> np.ndarray:
-    """One image as uint8 [size, size, channel]: grey, or colour in RGB order."""
-    image = read_image_as_opencv(path, channel, size)
-    return image[..., ::-1] if channel == 3 else image  # OpenCV's BGR -> RGB
-
-
-def read_image_as_opencv(path: str, channel: int, size: int) -> np.ndarray:
-    """One image as OpenCV reads it, resized: uint8 [size, size, channel], grey or BGR.
-
-    This is the exported model's input (see src/serving.py)."""
-    if not os.path.isfile(path):
-        raise DataError(f"no such file: {path}")
-    image = cv2.imread(path, cv2.IMREAD_GRAYSCALE if channel == 1 else cv2.IMREAD_COLOR)
-    if image is None:
-        raise DataError(f"cannot read image (corrupt or unsupported): {path}")
-    return resize_square(image, size).reshape(size, size, channel)  # grey [H, W] -> [H, W, 1]
-
-
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """Resizes to size x size: area averaging when shrinking, bilinear when growing."""
-    height, width = image.shape[:2]
-    if (height, width) == (size, size):
-        return image
-    shrinking = height * width > size * size
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+def _cache_note(cached: image_cache.CachedArray) -> str:
+    if not cached.path:
+        return f"decoded in {cached.seconds:.1f}s (no --cache_dir: not kept)"
+    verb = "decoded into the cache" if cached.built else "cache reused"
+    return f"{verb} in {cached.seconds:.1f}s ({cached.path})"
 
 
 def check_same_classes(train: _RawSplit, *others: Tuple[str, _RawSplit]) -> None:
@@ -196,19 +150,68 @@ def _short_list(names, limit: int = 5) -> str:
     return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)})"
 
 
+def placed_split(name: str, raw: _RawSplit, mean: np.ndarray, std: np.ndarray,
+                 in_memory_max_mb: float, verbose: bool = False) -> Split:
+    """The split held in memory as a uint8 tensor if it is at most in_memory_max_mb,
+    else streamed from its (mapped) array."""
+    split = Split(images=raw.images, labels=raw.labels.astype(np.int32), paths=list(raw.paths),
+                  mean=mean, std=std)
+    megabytes = raw.images.nbytes / 1e6
+    if megabytes <= in_memory_max_mb:
+        split = held_in_memory(split)
+    if verbose:
+        where = ("held in memory (uint8)" if split.in_memory is not None
+                 else "streamed from the cache file")
+        print(f"Data path of {name}: {where}, {megabytes:.1f} MB "
+              f"({'<=' if split.in_memory is not None else '>'} {in_memory_max_mb:g} MB)")
+    return split
+
+
+def held_in_memory(split: Split) -> Split:
+    """The split with its images copied into a uint8 tensor (the pipelines gather from it)."""
+    return dataclasses.replace(split, in_memory=tf.constant(np.asarray(split.images)))
+
+
 # ----------------------------------------------------------------------------
 # Offline augmentation
 
 
-def augment_split_offline(split: _RawSplit, copies: int, channel: int, seed: int) -> _RawSplit:
-    """The originals followed by copies - 1 augmented versions of every image."""
+def augment_split_offline(split: _RawSplit, copies: int, channel: int, seed: int,
+                          cache_dir: str = "", verbose: bool = False) -> _RawSplit:
+    """The originals followed by copies - 1 augmented versions of every image, written
+    to the cache chunk by chunk (keyed by the originals' key, copies and seed)."""
+    key = {"source": split.key, "copies": copies, "seed": seed, "channel": channel,
+           "augmentation": [MAX_ZOOM, MAX_ROTATION_DEG, CONTRAST_RANGE, BRIGHTNESS_RANGE, NOISE_STD]}
+    source = split.images
+    shape = (len(source) * copies,) + source.shape[1:]
+    cached = image_cache.cached_array(
+        cache_dir, "train-aug", key, shape,
+        lambda out: write_augmented_copies(source, out, copies, channel, seed),
+        sidecar={"kind": "offline augmentation", "copies": copies, "seed": seed,
+                 "class_names": split.class_names, "paths": split.paths,
+                 "labels": split.labels.tolist()})
+    if verbose:
+        print(f"Offline augmentation x{copies}: train now {shape[0]} images: "
+              f"{_cache_note(cached)}")
+    return _RawSplit(images=cached.images, labels=np.tile(split.labels, copies),
+                     paths=list(split.paths) * copies, class_names=split.class_names, key=key)
+
+
+def write_augmented_copies(source: np.ndarray, out: np.ndarray, copies: int, channel: int,
+                           seed: int) -> None:
+    """out [N * copies, H, W, C] = the N originals, then copy 1 of each, copy 2, ...
+    (one generator drawn in that order, so the copies depend on the seed only)."""
+    n = len(source)
+    for start in range(0, n, _AUG_CHUNK):
+        end = min(start + _AUG_CHUNK, n)
+        out[start:end] = source[start:end]
     rng = np.random.default_rng(seed)
     flip = channel == 3  # a mirrored digit is not the same digit
-    blocks = [split.images]
-    for _ in range(copies - 1):
-        blocks.append(np.stack([augment_image(image, rng, flip) for image in split.images]))
-    return _RawSplit(images=np.concatenate(blocks), labels=np.tile(split.labels, copies),
-                     paths=list(split.paths) * copies, class_names=split.class_names)
+    for copy in range(1, copies):
+        for start in range(0, n, _AUG_CHUNK):
+            block = source[start:start + _AUG_CHUNK]
+            out[copy * n + start:copy * n + start + len(block)] = np.stack(
+                [augment_image(image, rng, flip) for image in block])
 
 
 def augment_image(image: np.ndarray, rng: np.random.Generator, allow_flip: bool) -> np.ndarray:
@@ -235,27 +238,32 @@ def augment_image(image: np.ndarray, rng: np.random.Generator, allow_flip: bool)
 def channel_mean_std(images: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std of uint8 [N, H, W, C] images, pixels scaled to [0, 1].
 
-    Summed in float64 chunks so that a large set needs no full float64 copy."""
+    One pass in chunks of whole images, with exact integer sums, so that a mapped set
+    is read once and never copied whole (no float copy at all)."""
     channels = images.shape[-1]
-    pixels = images.reshape(-1, channels)  # [N*H*W, C]
-    total = np.zeros(channels, np.float64)
-    total_sq = np.zeros(channels, np.float64)
-    for start in range(0, len(pixels), _STATS_CHUNK):
-        chunk = pixels[start:start + _STATS_CHUNK].astype(np.float64) / 255.0
-        total += chunk.sum(axis=0)
-        total_sq += np.square(chunk).sum(axis=0)
-    mean = total / len(pixels)
-    std = np.sqrt(np.maximum(total_sq / len(pixels) - np.square(mean), 0.0))
+    pixels_per_image = max(1, int(np.prod(images.shape[1:-1])))
+    chunk_images = max(1, _STATS_CHUNK // pixels_per_image)
+    total = np.zeros(channels, np.uint64)
+    total_sq = np.zeros(channels, np.uint64)
+    for start in range(0, len(images), chunk_images):
+        chunk = np.asarray(images[start:start + chunk_images]).reshape(-1, channels)  # [P, C]
+        wide = chunk.astype(np.uint16)  # 255 * 255 fits in 16 bits
+        total += chunk.sum(axis=0, dtype=np.uint64)
+        total_sq += (wide * wide).sum(axis=0, dtype=np.uint64)
+    count = len(images) * pixels_per_image
+    mean = total.astype(np.float64) / (255.0 * count)
+    mean_sq = total_sq.astype(np.float64) / (255.0 * 255.0 * count)
+    std = np.sqrt(np.maximum(mean_sq - np.square(mean), 0.0))
     std[std < 1e-6] = 1.0  # a constant channel: leave its scale alone
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def normalised_split(split: _RawSplit, mean: np.ndarray, std: np.ndarray) -> Split:
-    images = split.images.astype(np.float32)
-    images *= 1.0 / 255.0  # in place: one float32 copy only
-    images -= mean
-    images /= std
-    return Split(images=images, labels=split.labels.astype(np.int32), paths=list(split.paths))
+def normalise(images: tf.Tensor, mean, std) -> tf.Tensor:
+    """uint8 [B, H, W, C] -> float32, pixels scaled to [0, 1] then standardised per channel."""
+    channels = images.shape[-1]
+    mean = tf.constant(np.zeros(channels) if mean is None else mean, tf.float32)
+    std = tf.constant(np.ones(channels) if std is None else std, tf.float32)
+    return (tf.cast(images, tf.float32) * (1.0 / 255.0) - mean) / std
 
 
 # ----------------------------------------------------------------------------
@@ -271,14 +279,14 @@ class TrainBatches:
 
     Epoch e's order and augmentation depend on (seed, e) only, never on how many
     epochs this process has run, so a resumed run sees the data an uninterrupted
-    one would. The split is copied into tensors once.
+    one would.
     """
 
     def __init__(self, split: Split, config: DataConfig):
         self.size = _check_not_empty(split)
         self.config = config
         self.batches_per_pass = num_batches(self.size, config.batch_size)
-        self._images, self._labels = tf.constant(split.images), tf.constant(split.labels)
+        self._read = batch_reader(split)
 
     def epoch(self, epoch: int, steps: int = 0) -> tf.data.Dataset:
         """(images float32 [B, H, W, C], labels int32 [B]) batches of epoch `epoch`: one
@@ -294,19 +302,19 @@ class TrainBatches:
         epoch_key = tf.constant(np.random.default_rng([self.config.seed, epoch]).integers(2 ** 62))
         indexed = tf.data.Dataset.zip(batches, tf.data.Dataset.range(2 ** 62))
 
-        def gather_and_augment(index, batch_id):
+        def read_and_augment(index, batch_id):
             seed = tf.stack([epoch_key, batch_id])
-            images = augment_batch(tf.gather(self._images, index), seed, self.config)
-            return images, tf.gather(self._labels, index)
+            images, labels = self._read(index)
+            return augment_batch(images, seed, self.config), labels
 
-        return indexed.map(gather_and_augment, num_parallel_calls=tf.data.AUTOTUNE,
+        return indexed.map(read_and_augment, num_parallel_calls=tf.data.AUTOTUNE,
                            deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_batches(split: Split, batch_size: int) -> tf.data.Dataset:
     """The split in order, without augmentation."""
     order = tf.data.Dataset.range(len(split.labels)).batch(batch_size)
-    return _gather_batches(split, order)
+    return _read_batches(split, order)
 
 
 def mixed_eval_batches(split: Split, batch_size: int, seed: int = 0) -> tf.data.Dataset:
@@ -318,7 +326,7 @@ def mixed_eval_batches(split: Split, batch_size: int, seed: int = 0) -> tf.data.
     The order depends on `seed` only, so every arc is scored on the same batches.
     """
     order = np.random.default_rng(seed).permutation(len(split.labels))
-    return _gather_batches(split, tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
+    return _read_batches(split, tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
 
 
 def endless_shuffled_batches(split: Split, batch_size: int, seed: int) -> tf.data.Dataset:
@@ -326,17 +334,43 @@ def endless_shuffled_batches(split: Split, batch_size: int, seed: int) -> tf.dat
     reward); a split smaller than batch_size gives batches of the whole split."""
     n = _check_not_empty(split)
     order = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
-    return _gather_batches(split, order.batch(min(batch_size, n), drop_remainder=True))
+    return _read_batches(split, order.batch(min(batch_size, n), drop_remainder=True))
 
 
-def _gather_batches(split: Split, index_batches: tf.data.Dataset) -> tf.data.Dataset:
+def _read_batches(split: Split, index_batches: tf.data.Dataset) -> tf.data.Dataset:
     """Maps batches of row indices to (images, labels) batches of the split."""
-    images, labels = tf.constant(split.images), tf.constant(split.labels)
+    return index_batches.map(batch_reader(split), num_parallel_calls=tf.data.AUTOTUNE,
+                             deterministic=True).prefetch(tf.data.AUTOTUNE)
 
-    def gather(index):
-        return tf.gather(images, index), tf.gather(labels, index)
 
-    return index_batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+def batch_reader(split: Split):
+    """index int64 [B] -> (images float32 [B, H, W, C] normalised, labels int32 [B]): the
+    uint8 rows gathered from the in-memory tensor, or read from the mapped array."""
+    labels = tf.constant(split.labels)
+    if split.in_memory is not None:
+        rows = functools.partial(tf.gather, split.in_memory)
+    else:
+        rows = functools.partial(_streamed_rows, split.images)
+
+    def read(index):
+        return normalise(rows(index), split.mean, split.std), tf.gather(labels, index)
+
+    return read
+
+
+def _streamed_rows(images: np.ndarray, index: tf.Tensor) -> tf.Tensor:
+    """uint8 [B, H, W, C] rows `index` of a (mapped) array, read in file order."""
+    rows = tf.numpy_function(functools.partial(read_rows, images), [index], tf.uint8,
+                             stateful=False)
+    return tf.ensure_shape(rows, [None, *images.shape[1:]])  # crop needs static H and W
+
+
+def read_rows(images: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """images[index], reading the rows in ascending order (sequential on disk)."""
+    order = np.argsort(index, kind="stable")
+    rows = np.empty((len(index),) + images.shape[1:], np.uint8)
+    rows[order] = images[index[order]]
+    return rows
 
 
 def _check_not_empty(split: Split) -> int:

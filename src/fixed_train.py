@@ -175,9 +175,9 @@ def _report_misclassified(out: str, dataset, test_pred: np.ndarray) -> None:
     test = dataset.test
     count = reporting.write_misclassified(os.path.join(out, "misclassified.csv"), test.paths,
                                           test.labels, test_pred, dataset.class_names)
-    # Show the images as the model saw them, de-normalised back to [0, 1].
-    images = np.clip(test.images * dataset.std + dataset.mean, 0.0, 1.0)
-    reporting.save_misclassified_grid(os.path.join(out, "misclassified.png"), images,
+    # The images as the model saw them before normalisation (uint8; a memmap is read only
+    # at the rows shown).
+    reporting.save_misclassified_grid(os.path.join(out, "misclassified.png"), test.images,
                                       test.labels, test_pred, dataset.class_names)
     print(f"{count} of {len(test.labels)} test images misclassified: "
           f"{os.path.join(out, 'misclassified.csv')}")

@@ -1,13 +1,17 @@
-"""Image folders -> arrays -> tf.data: loading, errors, offline and on-the-fly augmentation."""
+"""Image folders -> cached arrays -> tf.data: loading, the cache, errors, offline and
+on-the-fly augmentation, in-memory and streamed pipelines."""
 import dataclasses
+import glob
 import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from src import data
+from src import data, image_cache
 from src.configs import DataConfig
 from tests.conftest import ROOT
 
@@ -48,16 +52,21 @@ def config_for(dirs, **overrides):
     return DataConfig(**dirs, **base)
 
 
-def pixels(dataset, images):
-    """Undoes the normalisation: pixels in [0, 1]."""
-    return images * dataset.std + dataset.mean
+def levels(images):
+    """Pipeline output of a split without mean and std (pixels / 255) back to 0..255."""
+    return np.rint(images * 255)
 
 
 def indexed_split(n, size=6):
-    """A split whose image i is filled with i and whose label is i."""
-    images = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None, None], (n, size, size, 1))
+    """A split whose image i is filled with i and whose label is i (streamed: no tensor)."""
+    images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, size, size, 1))
     return data.Split(images=images.copy(), labels=np.arange(n, dtype=np.int32),
                       paths=[f"{i}.png" for i in range(n)])
+
+
+def normalised(split):
+    """The split's images as the evaluation pipeline gives them, in order."""
+    return collect(data.eval_batches(split, 64))[0]
 
 
 def collect(dataset):
@@ -76,13 +85,14 @@ def test_grey_loading_infers_sorted_classes_labels_and_resizes(tmp_path):
     dataset = data.load_dataset(config_for(dirs), verbose=False)
     assert dataset.class_names == ["a", "b", "c"] and dataset.num_classes == 3
     train = dataset.train
-    assert train.images.shape == (6, 12, 12, 1) and train.images.dtype == np.float32
+    assert train.images.shape == (6, 12, 12, 1) and train.images.dtype == np.uint8
     assert train.labels.dtype == np.int32
     np.testing.assert_array_equal(train.labels, [0, 0, 0, 1, 1, 2])
     assert [os.path.relpath(p, dirs["train_dir"]) for p in train.paths] == [
         "a/0.png", "a/1.png", "a/2.png", "b/0.png", "b/1.png", "c/0.png"]
-    levels = pixels(dataset, train.images).mean(axis=(1, 2, 3)) * 255
-    np.testing.assert_allclose(levels, [10, 20, 30, 100, 110, 200], atol=0.5)
+    np.testing.assert_allclose(train.images.mean(axis=(1, 2, 3)), [10, 20, 30, 100, 110, 200], atol=0.5)
+    images = normalised(train) * dataset.std + dataset.mean  # the pipelines normalise
+    np.testing.assert_allclose(images.mean(axis=(1, 2, 3)) * 255, [10, 20, 30, 100, 110, 200], atol=0.5)
 
 
 def test_colour_loading_is_rgb(tmp_path):
@@ -96,8 +106,8 @@ def test_colour_loading_is_rgb(tmp_path):
     dirs = make_dataset_dirs(tmp_path, {"blue": [blue_bgr], "black": [np.zeros_like(blue_bgr)]})
     dataset = data.load_dataset(config_for(dirs, channel=3, img_size=6), verbose=False)
     assert dataset.train.images.shape == (2, 6, 6, 3) and dataset.mean.shape == (3,)
-    blue = pixels(dataset, dataset.train.images[dataset.class_names.index("blue")])
-    np.testing.assert_allclose(blue.mean(axis=(0, 1)), [0, 0, 1], atol=1e-5)
+    blue = dataset.train.images[dataset.class_names.index("blue")]
+    np.testing.assert_array_equal(blue.mean(axis=(0, 1)), [0, 0, 255])
 
 
 def test_resize_shrinks_and_grows():
@@ -111,12 +121,12 @@ def test_mean_std_from_train_applied_to_all_splits(tmp_path):
     constant = {"x": [np.full((8, 8, 3), 128, np.uint8)]}
     dirs = make_dataset_dirs(tmp_path, train, valid=constant, test=constant)
     dataset = data.load_dataset(config_for(dirs, channel=3, img_size=8), verbose=False)
-    normalised = dataset.train.images.reshape(-1, 3)
-    np.testing.assert_allclose(normalised.mean(axis=0), 0, atol=1e-5)
-    np.testing.assert_allclose(normalised.std(axis=0), 1, atol=1e-4)
+    train = normalised(dataset.train).reshape(-1, 3)
+    np.testing.assert_allclose(train.mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(train.std(axis=0), 1, atol=1e-4)
     expected = (128 / 255 - dataset.mean) / dataset.std  # train statistics, not valid's own
     for split in (dataset.valid, dataset.test):
-        np.testing.assert_allclose(split.images[0, 0, 0], expected, rtol=1e-5)
+        np.testing.assert_allclose(normalised(split)[0, 0, 0], expected, rtol=1e-5)
 
 
 def test_offline_augmentation_multiplies_train_only(tmp_path):
@@ -130,9 +140,9 @@ def test_offline_augmentation_multiplies_train_only(tmp_path):
     assert augmented.train.paths == plain.train.paths * 3
     assert len(augmented.valid.labels) == len(augmented.test.labels) == 4
     # The originals come first, unchanged; the copies differ from them.
-    originals = pixels(augmented, augmented.train.images[:4])
-    np.testing.assert_allclose(originals, pixels(plain, plain.train.images), atol=1e-5)
-    assert not np.allclose(pixels(augmented, augmented.train.images[4:8]), originals, atol=0.05)
+    originals = augmented.train.images[:4]
+    np.testing.assert_array_equal(originals, plain.train.images)
+    assert not np.allclose(augmented.train.images[4:8], originals, atol=12)
     again = data.load_dataset(config_for(dirs, img_size=8, n_aug_img=3), verbose=False)
     np.testing.assert_array_equal(again.train.images, augmented.train.images)  # seeded
 
@@ -149,6 +159,171 @@ def test_offline_augmentation_flips_colour_only():
     assert any(c[:, 12:].mean() > c[:, :4].mean() for c in copies)
     assert not any(data.augment_image(colour, rng, allow_flip=False)[:, 12:].mean() > 128
                    for _ in range(20))
+
+
+# ----------------------------------------------------------------------------
+# The cache
+
+
+def cache_files(cache_dir, pattern="*.npy"):
+    return sorted(glob.glob(os.path.join(str(cache_dir), pattern)))
+
+
+def count_decodes(monkeypatch):
+    """Counts the images the cache decodes from now on."""
+    calls = []
+    real = image_cache.read_image
+
+    def counting(*args):
+        calls.append(args[0])
+        return real(*args)
+
+    monkeypatch.setattr(image_cache, "read_image", counting)
+    return calls
+
+
+def test_cache_is_built_once_then_reused(tmp_path, monkeypatch, capsys):
+    dirs = make_dataset_dirs(tmp_path, three_grey_classes())
+    config = config_for(dirs, cache_dir=str(tmp_path / "cache"))
+    decodes = count_decodes(monkeypatch)
+    first = data.load_dataset(config)
+    assert len(decodes) == 6 + 6 + 6  # train, valid, test
+    files = cache_files(tmp_path / "cache")
+    assert len(files) == 3 and len(cache_files(tmp_path / "cache", "*.json")) == 3
+    assert capsys.readouterr().out.count("decoded into the cache") == 3
+    mtimes = [os.stat(f).st_mtime_ns for f in files]
+    decodes.clear()
+    again = data.load_dataset(config)
+    assert decodes == [] and capsys.readouterr().out.count("cache reused") == 3
+    assert [os.stat(f).st_mtime_ns for f in cache_files(tmp_path / "cache")] == mtimes
+    assert isinstance(again.train.images, np.memmap)
+    np.testing.assert_array_equal(again.train.images, first.train.images)
+    np.testing.assert_array_equal(again.train.labels, first.train.labels)
+    assert again.train.paths == first.train.paths and again.class_names == first.class_names
+
+
+def test_cache_key_follows_files_size_and_channel(tmp_path):
+    dirs = make_dataset_dirs(tmp_path, three_grey_classes())
+    train = dirs["train_dir"]
+
+    def key_file(img_size=12, channel=1):
+        listing = image_cache.list_folder(train)
+        return image_cache.cache_paths(str(tmp_path / "cache"), "train",
+                                       image_cache.folder_key(listing, img_size, channel))[0]
+
+    before = key_file()
+    assert key_file() == before  # the same inputs, the same file
+    assert len({before, key_file(img_size=16), key_file(channel=3)}) == 3
+    touched = os.path.join(train, "a", "0.png")
+    stat = os.stat(touched)
+    os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))
+    after_touch = key_file()
+    assert after_touch != before
+    write_image(os.path.join(train, "c", "9.png"), grey(77))
+    assert key_file() not in (before, after_touch)
+    # Through load_dataset: the added image gets a new file and is in it.
+    config = config_for(dirs, cache_dir=str(tmp_path / "cache"))
+    dataset = data.load_dataset(config, verbose=False)
+    assert len(dataset.train.labels) == 7 and os.path.isfile(key_file())
+
+
+def test_a_cache_killed_while_building_is_never_used(tmp_path, monkeypatch):
+    dirs = make_dataset_dirs(tmp_path, three_grey_classes())
+    cache_dir = str(tmp_path / "cache")
+    build = ("import sys; from src import image_cache as c; l = c.list_folder(sys.argv[1]); "
+             "c.cached_folder(l, 'train', 12, 1, sys.argv[2])")
+    killed = subprocess.run([sys.executable, "-c", build, dirs["train_dir"], cache_dir], cwd=ROOT,
+                            env={**os.environ, "ENAS_FAILPOINT": "cache_built"})
+    assert killed.returncode == -9  # killed after filling, before the rename
+    assert cache_files(cache_dir) == [] and len(cache_files(cache_dir, ".*.tmp")) == 1
+    decodes = count_decodes(monkeypatch)
+    config = config_for(dirs, cache_dir=cache_dir)
+    data.load_dataset(config, verbose=False)
+    assert len(decodes) == 18  # built again, not taken from the half-built file
+    assert cache_files(cache_dir, ".*.tmp") == []  # the dead builder's file is gone
+    # A cache file whose sidecar was never written (killed between the two) is rebuilt.
+    for sidecar in cache_files(cache_dir, "train-*.json"):
+        os.remove(sidecar)
+    decodes.clear()
+    data.load_dataset(config, verbose=False)
+    assert len(decodes) == 6
+
+
+def test_offline_augmentation_copies_are_cached(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    classes = {"x": [rng.integers(0, 256, (8, 8), dtype=np.uint8) for _ in range(3)], "y": [grey(50)]}
+    dirs = make_dataset_dirs(tmp_path, classes)
+    config = config_for(dirs, img_size=8, n_aug_img=3, cache_dir=str(tmp_path / "cache"))
+    built = data.load_dataset(config, verbose=False)
+    [aug_file] = cache_files(tmp_path / "cache", "train-aug-*.npy")
+    assert np.load(aug_file, mmap_mode="r").shape == (12, 8, 8, 1)
+    np.testing.assert_array_equal(np.load(aug_file), built.train.images)
+
+    def no_augmentation(*args):
+        raise AssertionError("augmented again instead of reusing the cache")
+
+    monkeypatch.setattr(data, "augment_image", no_augmentation)
+    reused = data.load_dataset(config, verbose=False)
+    np.testing.assert_array_equal(reused.train.images, built.train.images)
+    # Another seed is another cache file.
+    monkeypatch.undo()
+    data.load_dataset(dataclasses.replace(config, seed=1), verbose=False)
+    assert len(cache_files(tmp_path / "cache", "train-aug-*.npy")) == 2
+
+
+def old_channel_mean_std(images):
+    """The computation before the cache: float64 over the whole set in memory."""
+    pixels = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+    mean = pixels.mean(axis=0)
+    std = np.sqrt(np.maximum(np.square(pixels).mean(axis=0) - np.square(mean), 0.0))
+    std[std < 1e-6] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def test_mean_std_in_chunks_equal_the_in_memory_computation(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_STATS_CHUNK", 3 * 64)  # 3 images a chunk: 11 images, 4 chunks
+    images = np.random.default_rng(0).integers(0, 256, (11, 8, 8, 3), dtype=np.uint8)
+    images[..., 2] = 7  # a constant channel keeps std 1
+    np.save(tmp_path / "images.npy", images)
+    mapped = np.load(tmp_path / "images.npy", mmap_mode="r")
+    for got, expected in zip(data.channel_mean_std(mapped), old_channel_mean_std(images)):
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert data.channel_mean_std(mapped)[1][2] == 1.0
+
+
+def test_streamed_and_in_memory_splits_give_identical_batches(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (13, 10, 10, 3), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    streamed = data.Split(images=np.load(tmp_path / "images.npy", mmap_mode="r"),
+                          labels=np.arange(13, dtype=np.int32), paths=[""] * 13,
+                          mean=np.array([0.4, 0.5, 0.6], np.float32),
+                          std=np.array([0.2, 0.25, 0.3], np.float32))
+    in_memory = data.held_in_memory(streamed)
+    assert streamed.in_memory is None and in_memory.in_memory is not None
+    config = DataConfig(batch_size=4, random_crop=True, random_flip=True, cutout_size=3, seed=5)
+    pipelines = [lambda s: data.TrainBatches(s, config).epoch(2),
+                 lambda s: data.TrainBatches(s, config).epoch(1, steps=5),
+                 lambda s: data.eval_batches(s, 4),
+                 lambda s: data.mixed_eval_batches(s, 4, seed=2),
+                 lambda s: data.endless_shuffled_batches(s, 4, seed=3).take(6)]
+    for make in pipelines:
+        for a, b in zip(collect(make(streamed)), collect(make(in_memory))):
+            np.testing.assert_array_equal(a, b)
+    expected = (images / 255.0 - streamed.mean) / streamed.std
+    np.testing.assert_allclose(normalised(streamed), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_data_path_follows_the_split_size(tmp_path, capsys):
+    dirs = make_dataset_dirs(tmp_path, three_grey_classes())
+    small = data.load_dataset(config_for(dirs), verbose=True)
+    assert all(s.in_memory is not None for s in (small.train, small.valid, small.test))
+    assert "Data path of train: held in memory" in capsys.readouterr().out
+    # 6 images of 12 x 12 x 1 = 864 bytes: over a limit of 0.0005 MB, streamed.
+    large = data.load_dataset(config_for(dirs, in_memory_max_mb=0.0005), verbose=True)
+    assert all(s.in_memory is None for s in (large.train, large.valid, large.test))
+    assert "Data path of train: streamed from the cache file" in capsys.readouterr().out
+    for a, b in zip(collect(data.eval_batches(small.train, 4)), collect(data.eval_batches(large.train, 4))):
+        np.testing.assert_array_equal(a, b)
 
 
 # ----------------------------------------------------------------------------
@@ -205,7 +380,7 @@ def test_train_batches_cover_every_example_once_and_reshuffle_each_epoch():
     first_labels = np.concatenate([y for _, y in first])
     assert sorted(first_labels) == sorted(labels) == list(range(10))
     assert not np.array_equal(first_labels, labels)
-    np.testing.assert_array_equal(images[:, 0, 0, 0], labels)  # images travel with labels
+    np.testing.assert_array_equal(levels(images[:, 0, 0, 0]), labels)  # images travel with labels
     assert data.num_batches(10, 4) == 3 and data.num_batches(8, 4) == 2
 
 
@@ -265,7 +440,7 @@ def test_eval_batches_keep_order():
     assert [len(y) for _, y in batches] == [3, 3, 1]
     images, labels = collect(data.eval_batches(split, 3))
     np.testing.assert_array_equal(labels, split.labels)
-    np.testing.assert_array_equal(images, split.images)
+    np.testing.assert_array_equal(levels(images), split.images)
 
 
 def test_mixed_eval_batches_cover_the_split_once_in_a_fixed_mixed_order():
@@ -298,5 +473,5 @@ def test_bundled_data_loads():
     dataset = data.load_dataset(DataConfig(**dirs), verbose=False)
     assert dataset.class_names == [str(i) for i in range(10)]
     assert [len(s.labels) for s in (dataset.train, dataset.valid, dataset.test)] == [3500, 500, 1000]
-    assert dataset.train.images.shape == (3500, 32, 32, 1)
+    assert dataset.train.images.shape == (3500, 32, 32, 1) and dataset.train.images.dtype == np.uint8
     assert np.bincount(dataset.train.labels).tolist() == [350] * 10
