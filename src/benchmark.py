@@ -71,13 +71,13 @@ def process_start_time() -> float:
         return _PROCESS_START
 
 
-def search_config(plan: Plan) -> SearchConfig:
+def search_config(plan: Plan, recompute: str = "auto") -> SearchConfig:
     """The search configuration (default: 6 layers, 20 filters, paper layout, aux heads)."""
     return SearchConfig(
         data=DataConfig(batch_size=plan.batch_size, eval_batch_size=plan.batch_size),
         child=ChildConfig(num_classes=NUM_CLASSES, channel=CHANNELS, img_size=plan.img_size,
                           num_layers=plan.search_layers, out_filters=plan.search_filters,
-                          keep_prob=0.9),
+                          keep_prob=0.9, recompute=recompute),
         optim=OptimConfig(lr_max=0.05, lr_min=0.0005, l2_reg=1e-4),
         controller=ControllerConfig(), run=RunConfig())
 
@@ -164,12 +164,16 @@ def measure_all_ops_search(plan: Plan) -> float:
     return median_time(child_step, plan.all_ops_steps, warmup=1)
 
 
-def measure_fixed_child(plan: Plan) -> float:
+def fixed_steps(plan: Plan) -> FixedChildSteps:
     """The reference arc (default: 15 layers, 16 filters, 32x32x1, the final model)."""
     config = ChildConfig(num_classes=NUM_CLASSES, channel=CHANNELS, img_size=plan.img_size,
                          num_layers=plan.fixed_layers, out_filters=plan.fixed_filters)
     model = FixedChild(config, arc_lib.parse_arc(arc_lib.DEFAULT_ARC))
-    fixed = FixedChildSteps(model, OptimConfig(), [plan.img_size, plan.img_size, CHANNELS])
+    return FixedChildSteps(model, OptimConfig(), [plan.img_size, plan.img_size, CHANNELS])
+
+
+def measure_fixed_child(plan: Plan) -> float:
+    fixed = fixed_steps(plan)
     train = synthetic_batches(plan, 2)
 
     def step():
