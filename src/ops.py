@@ -80,41 +80,6 @@ def separable_conv(x, depthwise, pointwise, stride: int = 1):
                                   strides=[1, stride, stride, 1], padding="SAME")
 
 
-def depthwise_grad_input(dy, depthwise):
-    """Gradient of a stride-1 'SAME' depthwise conv with an odd kernel w.r.t. its
-    input: the same conv of dy with the kernel flipped in space. dy [N,H,W,C],
-    depthwise [k,k,C,1] -> [N,H,W,C]."""
-    return tf.nn.depthwise_conv2d(dy, tf.reverse(depthwise, [0, 1]), [1, 1, 1, 1], "SAME")
-
-
-def depthwise_grad_filter_shifted(x, dy, kernel: int):
-    """Gradient of a stride-1 'SAME' depthwise conv (odd kernel) w.r.t. its filter,
-    as kernel*kernel shifted multiply-reduces: dw[i,j,c] = sum over n,h,w of
-    x_padded[n,h+i,w+j,c] * dy[n,h,w,c]. x, dy [N,H,W,C] -> [k,k,C,1]."""
-    pad = kernel // 2
-    height, width = tf.shape(dy)[1], tf.shape(dy)[2]
-    padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-    rows = []
-    for i in range(kernel):
-        band = padded[:, i:i + height]  # [N,H,W+2p,C]
-        rows.append(tf.stack([tf.reduce_sum(band[:, :, j:j + width] * dy, axis=[0, 1, 2])
-                              for j in range(kernel)]))  # [k, C]
-    return tf.expand_dims(tf.stack(rows), -1)
-
-
-def depthwise_grad_filter_folded(x, dy, kernel: int):
-    """The same filter gradient as one VALID depthwise conv: the batch folded into
-    channels ([1, H+2p, W+2p, N*C]), dy as an HxW filter [H, W, N*C, 1]; the
-    [1,k,k,N*C] result is summed over N. -> [k,k,C,1]."""
-    pad = kernel // 2
-    n, height, width, c = tf.unstack(tf.shape(dy))
-    padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-    folded_x = tf.reshape(tf.transpose(padded, [1, 2, 0, 3]), [1, height + 2 * pad, width + 2 * pad, n * c])
-    folded_dy = tf.reshape(tf.transpose(dy, [1, 2, 0, 3]), [height, width, n * c, 1])
-    out = tf.nn.depthwise_conv2d(folded_x, folded_dy, [1, 1, 1, 1], "VALID")  # [1,k,k,N*C]
-    return tf.expand_dims(tf.reduce_sum(tf.reshape(out, [kernel, kernel, n, c]), axis=2), -1)
-
-
 def avg_pool3x3(x, stride: int = 1):
     return tf.nn.avg_pool2d(x, 3, stride, "SAME")
 

@@ -3,8 +3,7 @@
     python tools/bench_depthwise.py [--repeats 15] [--batch 128]
 
 For each shape of the search child (k, C, HxW) it times TensorFlow's depthwise
-forward, backprop-input and backprop-filter kernels against the alternatives in
-src/ops.py (input gradient as a forward depthwise conv with the flipped
+forward, backprop-input and backprop-filter kernels against alternatives (input gradient as a forward depthwise conv with the flipped
 kernel; filter gradient as k*k shifted multiply-reduces, or as one depthwise
 conv over the batch folded into channels). Candidates run in turn, round after
 round (A, B, C, A, B, C, ...), so load from other processes hits them alike;
@@ -22,7 +21,41 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensorflow as tf  # noqa: E402
 
-from src import ops  # noqa: E402
+
+def depthwise_grad_input(dy, depthwise):
+    """Gradient of a stride-1 'SAME' depthwise conv with an odd kernel w.r.t. its
+    input: the same conv of dy with the kernel flipped in space. dy [N,H,W,C],
+    depthwise [k,k,C,1] -> [N,H,W,C]."""
+    return tf.nn.depthwise_conv2d(dy, tf.reverse(depthwise, [0, 1]), [1, 1, 1, 1], "SAME")
+
+
+def depthwise_grad_filter_shifted(x, dy, kernel: int):
+    """Gradient of a stride-1 'SAME' depthwise conv (odd kernel) w.r.t. its filter,
+    as kernel*kernel shifted multiply-reduces: dw[i,j,c] = sum over n,h,w of
+    x_padded[n,h+i,w+j,c] * dy[n,h,w,c]. x, dy [N,H,W,C] -> [k,k,C,1]."""
+    pad = kernel // 2
+    height, width = tf.shape(dy)[1], tf.shape(dy)[2]
+    padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    rows = []
+    for i in range(kernel):
+        band = padded[:, i:i + height]  # [N,H,W+2p,C]
+        rows.append(tf.stack([tf.reduce_sum(band[:, :, j:j + width] * dy, axis=[0, 1, 2])
+                              for j in range(kernel)]))  # [k, C]
+    return tf.expand_dims(tf.stack(rows), -1)
+
+
+def depthwise_grad_filter_folded(x, dy, kernel: int):
+    """The same filter gradient as one VALID depthwise conv: the batch folded into
+    channels ([1, H+2p, W+2p, N*C]), dy as an HxW filter [H, W, N*C, 1]; the
+    [1,k,k,N*C] result is summed over N. -> [k,k,C,1]."""
+    pad = kernel // 2
+    n, height, width, c = tf.unstack(tf.shape(dy))
+    padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    folded_x = tf.reshape(tf.transpose(padded, [1, 2, 0, 3]), [1, height + 2 * pad, width + 2 * pad, n * c])
+    folded_dy = tf.reshape(tf.transpose(dy, [1, 2, 0, 3]), [height, width, n * c, 1])
+    out = tf.nn.depthwise_conv2d(folded_x, folded_dy, [1, 1, 1, 1], "VALID")  # [1,k,k,N*C]
+    return tf.expand_dims(tf.reduce_sum(tf.reshape(out, [kernel, kernel, n, c]), axis=2), -1)
+
 
 
 def candidates(x, w, dy):
@@ -33,9 +66,9 @@ def candidates(x, w, dy):
         input_sizes=shape, filter=w, out_backprop=dy, strides=[1, 1, 1, 1], padding="SAME"))
     tf_grad_filter = tf.function(lambda: tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
         input=x, filter_sizes=tf.shape(w), out_backprop=dy, strides=[1, 1, 1, 1], padding="SAME"))
-    flip_grad_input = tf.function(lambda: ops.depthwise_grad_input(dy, w))
-    shift_grad_filter = tf.function(lambda: ops.depthwise_grad_filter_shifted(x, dy, k))
-    fold_grad_filter = tf.function(lambda: ops.depthwise_grad_filter_folded(x, dy, k))
+    flip_grad_input = tf.function(lambda: depthwise_grad_input(dy, w))
+    shift_grad_filter = tf.function(lambda: depthwise_grad_filter_shifted(x, dy, k))
+    fold_grad_filter = tf.function(lambda: depthwise_grad_filter_folded(x, dy, k))
     return {
         "tf forward": tf_forward,
         "tf grad input": tf_grad_input,
