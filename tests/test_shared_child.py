@@ -207,4 +207,5 @@ def test_children_with_and_without_recomputation_give_the_same_gradients():
         grads.append(tape.gradient(loss, child.trainable_variables,
                                    unconnected_gradients=tf.UnconnectedGradients.ZERO))
     for plain, recomputed in zip(*grads):
-        np.testing.assert_allclose(plain, recomputed, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(tf.convert_to_tensor(plain), tf.convert_to_tensor(recomputed),
+                                   rtol=1e-4, atol=1e-5)
