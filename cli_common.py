@@ -67,6 +67,14 @@ def define_common_flags(*, output_dir: str, num_epochs: int, num_layers: int, ou
     flags.DEFINE_boolean("child_random_flip", False, "On-the-fly random horizontal flip. Off by "
                          "default: a flipped digit is another symbol. Turn on for natural images.")
     flags.DEFINE_integer("child_cutout_size", 0, "Cutout square size, on the fly (0 = off).")
+    flags.DEFINE_enum("recompute", "auto", ["auto", "on", "off"], "Search only: recompute the "
+                      "shared child's separable-conv activations in the backward pass instead of "
+                      "keeping them (less memory, a slower step). auto: only when a step's "
+                      "estimated activation memory exceeds --memory_budget_mb. The log says "
+                      "which was chosen and why.")
+    flags.DEFINE_integer("memory_budget_mb", 0, "Search only: the memory --recompute=auto may "
+                         "give a step's activations, in MB (0 = half of the memory available "
+                         "when the run starts).")
     flags.DEFINE_integer("log_every", 50, "Print a training line every this many steps.")
     flags.DEFINE_integer("eval_every_epochs", 1, "Evaluate on valid and test every this many epochs.")
     flags.DEFINE_integer("seed", 0, "Random seed of everything: initialisation, data order, "
@@ -92,7 +100,8 @@ def child_config() -> ChildConfig:
         channel=FLAGS.channel, img_size=FLAGS.img_size, num_layers=FLAGS.child_num_layers,
         num_cells=FLAGS.child_num_cells, out_filters=FLAGS.child_out_filters,
         num_reductions=FLAGS.child_num_reductions, use_aux_heads=FLAGS.child_use_aux_heads,
-        keep_prob=FLAGS.child_keep_prob, drop_path_keep_prob=FLAGS.child_drop_path_keep_prob)
+        keep_prob=FLAGS.child_keep_prob, drop_path_keep_prob=FLAGS.child_drop_path_keep_prob,
+        recompute=FLAGS.recompute, memory_budget_mb=FLAGS.memory_budget_mb)
 
 
 def optim_config() -> OptimConfig:

@@ -57,6 +57,65 @@ class Plan:
 
 QUICK = Plan(batch_size=16, img_size=16, search_layers=2, search_filters=8, fixed_layers=3,
              fixed_filters=8, search_steps=2, ctrl_steps=1, all_ops_steps=1, fixed_steps=1)
+# presets/cpu_search.flags and presets/cpu_final.flags (search and fixed sizes).
+CPU_PRESET = Plan(batch_size=64, img_size=28, search_layers=2, search_filters=16, fixed_layers=6,
+                  fixed_filters=20, search_steps=10, ctrl_steps=3, fixed_steps=5)
+CPU_PRESET_FIXED_BATCH = 128  # cpu_final.flags keeps the default batch size
+
+# What an epoch is made of on the bundled data (data/: 3,500 train, 500 valid, 1,000 test
+# digits), to turn per-piece timings into the time a user waits for an epoch.
+BUNDLED = {"train": 3500, "valid": 500, "test": 1000}
+NUM_SHOWN_ARCS = 10  # search._show_sampled_arcs
+NUM_LIFT_ARCS = 10  # ControllerConfig.num_lift_arcs
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochPlan:
+    """The search flags that set an epoch's work (presets/*.flags)."""
+    child_steps: int  # 0 = one pass over the training set
+    controller_train_steps: int
+    num_aggregate: int
+    eval_every_epochs: int
+
+
+PAPER_EPOCH = EpochPlan(child_steps=0, controller_train_steps=30, num_aggregate=10,
+                        eval_every_epochs=1)
+CPU_SEARCH_EPOCH = EpochPlan(child_steps=50, controller_train_steps=10, num_aggregate=10,
+                             eval_every_epochs=4)
+
+
+def batches(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)
+
+
+def search_epoch_split(figures: dict, batch_size: int, epoch: EpochPlan) -> dict:
+    """Seconds of one controller-training search epoch on the bundled data, by part:
+    child = steps x search step (each samples its arc from the controller);
+    controller = train steps x controller update (K arcs sampled and rewarded on one
+    validation batch each, one REINFORCE step); scoring = 10 shown arcs on one batch
+    each + the same 10 on the whole validation set; evaluation (every
+    eval_every_epochs, spread over the epochs) = valid + test with sampled arcs + the
+    lift's 2 x 10 arcs on the whole validation set. The last, smaller batch of a
+    split counts as a whole one."""
+    valid_b, test_b = batches(BUNDLED["valid"], batch_size), batches(BUNDLED["test"], batch_size)
+    steps = epoch.child_steps or batches(BUNDLED["train"], batch_size)
+    forward = figures["valid_forward_s"]
+    split = {
+        "child": steps * figures["search_step_s"],
+        "controller": epoch.controller_train_steps * figures["controller_update_s"],
+        "scoring": (NUM_SHOWN_ARCS + NUM_SHOWN_ARCS * valid_b) * forward,
+        "evaluation": (valid_b + test_b + 2 * NUM_LIFT_ARCS * valid_b) * forward
+        / epoch.eval_every_epochs,
+    }
+    split["total"] = sum(split.values())
+    return {key: round(value, 1) for key, value in split.items()}
+
+
+def fixed_epoch_s(step_s: float, eval_forward_s: float, batch_size: int) -> float:
+    """One retraining epoch on the bundled data: a pass over train + valid and test
+    evaluated (the last, smaller batch counted as a whole one)."""
+    evals = batches(BUNDLED["valid"], batch_size) + batches(BUNDLED["test"], batch_size)
+    return round(batches(BUNDLED["train"], batch_size) * step_s + evals * eval_forward_s, 1)
 
 
 def process_start_time() -> float:
@@ -71,13 +130,13 @@ def process_start_time() -> float:
         return _PROCESS_START
 
 
-def search_config(plan: Plan) -> SearchConfig:
+def search_config(plan: Plan, recompute: str = "auto") -> SearchConfig:
     """The search configuration (default: 6 layers, 20 filters, paper layout, aux heads)."""
     return SearchConfig(
         data=DataConfig(batch_size=plan.batch_size, eval_batch_size=plan.batch_size),
         child=ChildConfig(num_classes=NUM_CLASSES, channel=CHANNELS, img_size=plan.img_size,
                           num_layers=plan.search_layers, out_filters=plan.search_filters,
-                          keep_prob=0.9),
+                          keep_prob=0.9, recompute=recompute),
         optim=OptimConfig(lr_max=0.05, lr_min=0.0005, l2_reg=1e-4),
         controller=ControllerConfig(), run=RunConfig())
 
@@ -110,9 +169,9 @@ def tracing_count(state: search.SearchState) -> int:
     return sum(f.experimental_get_tracing_count() for f in functions)
 
 
-def measure_sampled_search(plan: Plan) -> dict:
+def measure_sampled_search(plan: Plan, recompute: str = "auto") -> dict:
     """The sampled-op search steps and controller updates (run in their own process)."""
-    config = search_config(plan)
+    config = search_config(plan, recompute)
     state = search.build_state(config)
     train, valid = synthetic_batches(plan, 0), synthetic_batches(plan, 1)
 
@@ -148,6 +207,7 @@ def measure_sampled_search(plan: Plan) -> dict:
         "traces_after_warmup": tracing_count(state) - traces,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "shared_child_params": state.child.num_params(),
+        "recompute": state.child.recompute,
     }
 
 
@@ -164,19 +224,30 @@ def measure_all_ops_search(plan: Plan) -> float:
     return median_time(child_step, plan.all_ops_steps, warmup=1)
 
 
-def measure_fixed_child(plan: Plan) -> float:
+def fixed_steps(plan: Plan) -> FixedChildSteps:
     """The reference arc (default: 15 layers, 16 filters, 32x32x1, the final model)."""
     config = ChildConfig(num_classes=NUM_CLASSES, channel=CHANNELS, img_size=plan.img_size,
                          num_layers=plan.fixed_layers, out_filters=plan.fixed_filters)
     model = FixedChild(config, arc_lib.parse_arc(arc_lib.DEFAULT_ARC))
-    fixed = FixedChildSteps(model, OptimConfig(), [plan.img_size, plan.img_size, CHANNELS])
+    return FixedChildSteps(model, OptimConfig(), [plan.img_size, plan.img_size, CHANNELS])
+
+
+def measure_fixed_child(plan: Plan):
+    """(train step s, evaluation forward s) of the fixed child."""
+    fixed = fixed_steps(plan)
     train = synthetic_batches(plan, 2)
 
     def step():
         images, labels = next(train)
         float(fixed.train_step(images, labels, tf.constant(0.5))["loss"])
 
-    return median_time(step, plan.fixed_steps, warmup=1)
+    images, _ = next(train)
+
+    def eval_forward():
+        fixed.eval_step(images).numpy()
+
+    return (median_time(step, plan.fixed_steps, warmup=1),
+            median_time(eval_forward, plan.fixed_steps, warmup=1))
 
 
 def device_name() -> str:
@@ -187,10 +258,11 @@ def device_name() -> str:
     return "CPU"
 
 
-def run_sampled_worker(args) -> dict:
+def run_sampled_worker(args, recompute: str, preset: bool = False) -> dict:
     """Runs the sampled-op part in a fresh Python process; returns its JSON."""
-    command = [sys.executable, "-m", "src.benchmark", "--worker"]
+    command = [sys.executable, "-m", "src.benchmark", "--worker", f"--recompute={recompute}"]
     command += [f"--{name}" for name in ("quick", "deterministic") if getattr(args, name)]
+    command += ["--cpu_preset"] if preset else []
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         sys.stderr.write(result.stderr[-3000:])
@@ -204,20 +276,49 @@ def main(argv=None) -> None:
                         help="a small configuration and few steps: shows the benchmark works")
     parser.add_argument("--deterministic", action="store_true",
                         help="time it with op determinism on, as --deterministic runs are")
+    parser.add_argument("--recompute", choices=("auto", "on", "off"), default="auto",
+                        help="the search step's recomputation as the search would choose it "
+                             "(auto), or forced; the other setting is timed too")
+    parser.add_argument("--skip_presets", action="store_true",
+                        help="leave out the CPU preset sizes (presets/cpu_*.flags)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--cpu_preset", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else Plan()
     if args.deterministic:
         tf.config.experimental.enable_op_determinism()
     if args.worker:
-        print(json.dumps(measure_sampled_search(plan)))
+        print(json.dumps(measure_sampled_search(CPU_PRESET if args.cpu_preset else plan,
+                                                args.recompute)))
         return
     print(f"benchmark: {plan}; sampled-op search in a separate process ...", flush=True)
-    figures = run_sampled_worker(args)
-    print(f"  search step {figures['search_step_s']:.3f} s; all-ops reference ...", flush=True)
+    figures = run_sampled_worker(args, args.recompute)
+    chosen = "on" if figures["recompute"] else "off"
+    other = run_sampled_worker(args, "off" if chosen == "on" else "on")
+    for setting, result in ((chosen, figures), ("off" if chosen == "on" else "on", other)):
+        figures[f"search_step_recompute_{setting}_s"] = result["search_step_s"]
+        figures[f"peak_rss_recompute_{setting}_mb"] = result["peak_rss_mb"]
+    figures["traces_after_warmup"] += other["traces_after_warmup"]
+    print(f"  search step {figures['search_step_s']:.3f} s (recompute {chosen}), "
+          f"{other['search_step_s']:.3f} s (recompute {'off' if chosen == 'on' else 'on'}); "
+          "all-ops reference ...", flush=True)
     figures["search_step_all_ops_s"] = measure_all_ops_search(plan)
     print(f"  all-ops step {figures['search_step_all_ops_s']:.3f} s; fixed child ...", flush=True)
-    figures["fixed_step_s"] = measure_fixed_child(plan)
+    figures["fixed_step_s"], figures["fixed_eval_forward_s"] = measure_fixed_child(plan)
+    figures["search_epoch_s"] = search_epoch_split(figures, plan.batch_size, PAPER_EPOCH)
+    figures["fixed_epoch_s"] = fixed_epoch_s(figures["fixed_step_s"],
+                                             figures["fixed_eval_forward_s"], plan.batch_size)
+    if not args.quick and not args.skip_presets:
+        print("  CPU presets (cpu_search.flags, cpu_final.flags) ...", flush=True)
+        preset = run_sampled_worker(args, "auto", preset=True)
+        figures["cpu_preset_search"] = {key: preset[key] for key in (
+            "search_step_s", "valid_forward_s", "controller_update_s", "peak_rss_mb")}
+        figures["cpu_preset_search_epoch_s"] = search_epoch_split(
+            preset, CPU_PRESET.batch_size, CPU_SEARCH_EPOCH)
+        fixed_plan = dataclasses.replace(CPU_PRESET, batch_size=CPU_PRESET_FIXED_BATCH)
+        step_s, eval_s = measure_fixed_child(fixed_plan)
+        figures["cpu_preset_fixed_step_s"] = step_s
+        figures["cpu_preset_fixed_epoch_s"] = fixed_epoch_s(step_s, eval_s, fixed_plan.batch_size)
     figures.update(
         fixed_images_per_s=plan.batch_size / figures["fixed_step_s"],
         all_ops_over_sampled=figures["search_step_all_ops_s"] / figures["search_step_s"],
@@ -225,8 +326,13 @@ def main(argv=None) -> None:
         batch_size=plan.batch_size, quick=args.quick, deterministic=args.deterministic,
         device=device_name(),
         tf_version=tf.__version__, cpu_count=os.cpu_count())
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
-                      for k, v in sorted(figures.items())}))
+    print(json.dumps(rounded(figures)))
+
+
+def rounded(figures):
+    if isinstance(figures, dict):
+        return {key: rounded(value) for key, value in sorted(figures.items())}
+    return round(figures, 4) if isinstance(figures, float) else figures
 
 
 if __name__ == "__main__":

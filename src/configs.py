@@ -53,8 +53,17 @@ class ChildConfig:
     # possible input, which makes them 5 to 10 times too large.
     init_fan_in: str = "kernel"
     train_aux_head: bool = True  # False: the variant's quirk, the aux head never updates
+    # Search phase only: recompute the separable convs' activations in the backward pass
+    # ("on"), keep them ("off"), or recompute when a step's estimated activation memory
+    # exceeds memory_budget_mb ("auto"; 0 = half of the available memory).
+    recompute: str = "auto"
+    memory_budget_mb: int = 0
 
     def __post_init__(self):
+        _require(self.recompute in ("auto", "on", "off"),
+                 f"--recompute must be 'auto', 'on' or 'off', got {self.recompute!r}")
+        _require(self.memory_budget_mb >= 0,
+                 f"--memory_budget_mb must be >= 0, got {self.memory_budget_mb}")
         _require(self.init_fan_in in ("kernel", "stacked"),
                  f"--child_init_fan_in must be 'kernel' or 'stacked', got {self.init_fan_in!r}")
         _require(self.num_reductions in (2, 3),

@@ -23,7 +23,7 @@ from src import checkpoints, reporting, run_dir
 from src.configs import ControllerConfig, SearchConfig
 from src.controller import Controller
 from src.controller_step import ReinforceTrainer, reward_from
-from src.shared_child import SharedChild
+from src.shared_child import SharedChild, choose_recompute
 from src.summaries import RunSummaries
 from src.train_steps import (SharedChildSteps, check_stop, cosine_lr, seed_everything,
                              stop_at_step_boundaries, train_one_epoch)
@@ -61,7 +61,10 @@ class SearchState:
 
 def build_state(config: SearchConfig) -> SearchState:
     seed_everything(config.run.seed, config.run.deterministic)
-    child = SharedChild(config.child, seed=config.run.seed)
+    recompute, why = choose_recompute(config.child, config.data.batch_size)
+    print(f"Separable convs {'recomputed' if recompute else 'not recomputed'} in the "
+          f"backward pass ({why})")
+    child = SharedChild(config.child, seed=config.run.seed, recompute=recompute)
     controller = Controller(config.controller)
     return SearchState(
         child=child, child_steps=SharedChildSteps(child, config.optim),

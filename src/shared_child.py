@@ -32,8 +32,7 @@ from src.ops import (AuxHead, Calibrate, ClassifierHead, ConvBN, FactorizedReduc
                      max_pool3x3, next_seed, separable_conv)
 
 
-@tf.function(reduce_retracing=True)
-def shared_sep_conv(x, pick, depthwise, pointwise, scale, offset):
+def sep_conv_stack(x, pick, depthwise, pointwise, scale, offset):
     """Twice (relu, separable conv, BN with batch stats) with the weight slices that
     `pick` selects. pick: float32 [B + 2], one-hot on the input id; each weight list
     holds two values [num_inputs, ...], num_inputs <= B + 2 (node k reads k + 2)."""
@@ -46,10 +45,71 @@ def shared_sep_conv(x, pick, depthwise, pointwise, scale, offset):
     return x
 
 
-# In the backward pass, recompute a separable-conv piece from its input instead of
-# keeping its six intermediate activations alive: with the default search
-# configuration peak memory falls from 3.95 GB to 2.39 GB for a 20% slower step.
-sep_conv_recomputed = tf.recompute_grad(shared_sep_conv)
+# The plain piece keeps its intermediate activations for the backward pass.
+shared_sep_conv = tf.function(sep_conv_stack, reduce_retracing=True)
+# The recomputed one keeps only its inputs and recomputes the rest in the backward
+# pass. recompute_grad sits inside the compiled function, so the recomputation is
+# part of the compiled backward graph (no eager forward rerun, no extra tape).
+sep_conv_recomputed = tf.function(tf.recompute_grad(sep_conv_stack), reduce_retracing=True)
+
+# Tensors a step keeps per node for the backward pass, in units of one node output
+# [N, H, W, C] (see estimate_activation_mb); fitted to measured peak RSS, README.
+KEPT_PER_NODE_PLAIN = 11.0
+KEPT_PER_NODE_RECOMPUTED = 5.0
+FALLBACK_AVAILABLE_MB = 8192  # where /proc/meminfo cannot be read
+
+
+def feature_map_sizes(config: ChildConfig):
+    """(height = width, channels) of every layer's node outputs, stem first."""
+    reductions = arc_lib.reduction_layer_ids(config.num_layers, config.num_reductions)
+    hw, c = config.img_size, config.out_filters
+    sizes = [(hw, 3 * config.out_filters)]
+    for layer_id in range(arc_lib.total_layers(config.num_layers)):
+        if layer_id in reductions:
+            hw, c = halved(hw), 2 * c
+        sizes.append((hw, c))
+    return sizes
+
+
+def estimate_activation_mb(config: ChildConfig, batch_size: int, recompute: bool) -> float:
+    """Memory a search step keeps alive for its backward pass, in MB:
+
+        batch * sum over layers of (H_l * W_l * C_l) * num_cells * kept * 4 bytes
+
+    where kept is the number of node-sized float32 tensors a node keeps (both its
+    inputs' ops, the sum, the concatenation share): KEPT_PER_NODE_PLAIN without
+    recomputation, KEPT_PER_NODE_RECOMPUTED with it. The stem counts as a layer."""
+    kept = KEPT_PER_NODE_RECOMPUTED if recompute else KEPT_PER_NODE_PLAIN
+    per_image = sum(hw * hw * c for hw, c in feature_map_sizes(config))
+    return batch_size * per_image * config.num_cells * kept * 4 / 2 ** 20
+
+
+def available_memory_mb() -> float:
+    """MemAvailable of /proc/meminfo (Linux), else FALLBACK_AVAILABLE_MB."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return FALLBACK_AVAILABLE_MB
+
+
+def choose_recompute(config: ChildConfig, batch_size: int):
+    """(whether the separable convs recompute in the backward pass, why): config.recompute
+    'on'/'off' decides; 'auto' recomputes only when a plain step's estimated activation
+    memory exceeds config.memory_budget_mb (0: half of the available memory)."""
+    if config.recompute != "auto":
+        return config.recompute == "on", f"--recompute={config.recompute}"
+    budget = config.memory_budget_mb or available_memory_mb() / 2
+    estimate = estimate_activation_mb(config, batch_size, recompute=False)
+    source = "--memory_budget_mb" if config.memory_budget_mb else "half the available memory"
+    if estimate > budget:
+        return True, (f"--recompute=auto: a plain step needs about {estimate:.0f} MB of "
+                      f"activations, over the {budget:.0f} MB budget ({source})")
+    return False, (f"--recompute=auto: a plain step needs about {estimate:.0f} MB of "
+                   f"activations, within the {budget:.0f} MB budget ({source})")
 
 
 def select_slice(weights, one_hot):
@@ -65,8 +125,10 @@ def select_slice(weights, one_hot):
 class SharedSepConv(tf.Module):
     """Weights of one separable-conv op (kernel k, C -> C) for each possible input."""
 
-    def __init__(self, kernel: int, num_inputs: int, channels: int, stacked_fan_in: bool = False):
+    def __init__(self, kernel: int, num_inputs: int, channels: int, stacked_fan_in: bool = False,
+                 recompute: bool = True):
         super().__init__()
+        self.recompute = recompute
         c = channels
         # Fan-in as for the fixed child's [k, k, C, 1] depthwise kernel (k * k * C); the
         # authors' stored [num_inputs, k*k*C] weights got num_inputs instead.
@@ -80,7 +142,8 @@ class SharedSepConv(tf.Module):
     def __call__(self, x, pick):
         # Values, not variables: traces then key on shapes alone (relaxed by reduce_retracing).
         values = [[v.value() for v in vs] for vs in (self.depthwise, self.pointwise, self.scale, self.offset)]
-        return sep_conv_recomputed(x, pick, *values)
+        piece = sep_conv_recomputed if self.recompute else shared_sep_conv
+        return piece(x, pick, *values)
 
 
 compiled_avg_pool = tf.function(avg_pool3x3, reduce_retracing=True)
@@ -136,11 +199,12 @@ def run_piece(piece: Union[ConvBN, FactorizedReduction], x):
 class NodeInput(tf.Module):
     """The five candidate ops for one input (x or y) of one node."""
 
-    def __init__(self, num_inputs: int, channels: int, stacked_fan_in: bool = False):
+    def __init__(self, num_inputs: int, channels: int, stacked_fan_in: bool = False,
+                 recompute: bool = True):
         super().__init__()
         # A list indexed by op id (0: 3x3, 1: 5x5); checkpoints need string keys for dicts.
         self.sep_convs = [SharedSepConv(arc_lib.SEP_CONV_KERNELS[op], num_inputs, channels,
-                                        stacked_fan_in)
+                                        stacked_fan_in, recompute)
                           for op in sorted(arc_lib.SEP_CONV_KERNELS)]
 
     def op(self, op: int, x, pick):
@@ -175,14 +239,14 @@ class SharedLayer(tf.Module):
     concatenation of the unused nodes (weights only for the used rows)."""
 
     def __init__(self, shape0, shape1, channels: int, num_cells: int, reduce_first: Optional[int],
-                 stacked_fan_in: bool = False):
+                 stacked_fan_in: bool = False, recompute: bool = True):
         super().__init__()
         # Reduction layers first halve the last output (factorized reduction, C' = 2C).
         self.reduce = FactorizedReduction(reduce_first, channels) if reduce_first else None
         if self.reduce is not None:
             shape0, shape1 = shape1, (halved(shape1[0]), channels)
         self.calibrate = Calibrate(shape0, shape1, channels)
-        self.nodes = [(NodeInput(k + 2, channels, stacked_fan_in), NodeInput(k + 2, channels, stacked_fan_in))
+        self.nodes = [tuple(NodeInput(k + 2, channels, stacked_fan_in, recompute) for _ in range(2))
                       for k in range(num_cells)]
         final_fan_in = num_cells + 2 if stacked_fan_in else channels
         self.final_w = he_normal([num_cells + 2, channels, channels], final_fan_in, "final_w")
@@ -219,9 +283,13 @@ class SharedChild(tf.Module):
     """Stem, num_layers + 2 shared layers, aux head, classifier. BN always uses
     batch statistics (also for evaluation), as in the authors' search phase."""
 
-    def __init__(self, config: ChildConfig, dispatch: Dispatch = dispatch_sampled_op, seed: int = 0):
+    def __init__(self, config: ChildConfig, dispatch: Dispatch = dispatch_sampled_op, seed: int = 0,
+                 recompute: bool = True):
+        """recompute: separable convs recompute their activations in the backward pass
+        (less memory, see choose_recompute)."""
         super().__init__(name="shared_child")
         self.config = config
+        self.recompute = recompute
         self.dispatch = dispatch
         reductions = arc_lib.reduction_layer_ids(config.num_layers, config.num_reductions)
         self.aux_layer = arc_lib.aux_head_layer_id(config.num_layers, config.num_reductions)
@@ -236,7 +304,7 @@ class SharedChild(tf.Module):
             if layer_id in reductions:
                 reduce_first, c = shapes[1][1], 2 * c
             layer = SharedLayer(shapes[0], shapes[1], c, config.num_cells, reduce_first,
-                                stacked_fan_in=config.init_fan_in == "stacked")
+                                stacked_fan_in=config.init_fan_in == "stacked", recompute=recompute)
             self.layers.append(layer)
             shapes = [shapes[1] if reduce_first is None else (layer.out_shape[0], c), layer.out_shape]
             if config.use_aux_heads and layer_id == self.aux_layer:
@@ -251,7 +319,7 @@ class SharedChild(tf.Module):
     def compiled_functions():
         """Every tf.function the forward pass calls (to count traces); module-level,
         so shared by all children."""
-        return [shared_sep_conv, compiled_avg_pool, compiled_max_pool, combine_unused,
+        return [shared_sep_conv, sep_conv_recomputed, compiled_avg_pool, compiled_max_pool, combine_unused,
                 conv_bn_train, factorized_reduction_train, compiled_classifier_head]
 
     @property

@@ -1,3 +1,4 @@
+import dataclasses
 import random
 
 import numpy as np
@@ -6,7 +7,8 @@ import tensorflow as tf
 
 from src import arc as arc_lib
 from src.configs import OptimConfig
-from src.shared_child import (SharedChild, SharedSepConv, dispatch_all_ops, dispatch_sampled_op,
+from src.shared_child import (KEPT_PER_NODE_PLAIN, SharedChild, SharedSepConv, choose_recompute,
+                               dispatch_all_ops, dispatch_sampled_op, estimate_activation_mb,
                                sep_conv_recomputed, shared_sep_conv)
 from src.train_steps import SharedChildSteps, classification_loss
 from tests.conftest import tiny_child_config
@@ -175,3 +177,35 @@ def test_untrained_aux_head_is_left_out_of_the_trained_variables():
     aux = {id(v) for v in child.aux_head.trainable_variables}
     assert aux and not aux & trained
     assert len(trained) == len(child.trainable_variables) - len(aux)
+
+
+def test_recompute_flag_decides_and_auto_follows_the_memory_budget():
+    config = tiny_child_config()
+    assert choose_recompute(dataclasses.replace(config, recompute="on"), 8)[0] is True
+    assert choose_recompute(dataclasses.replace(config, recompute="off"), 8)[0] is False
+    estimate = estimate_activation_mb(config, 128, recompute=False)
+    # Stem 16x16x12, layers 16x16x4, 8x8x8 (x2), 4x4x16 (x2): 5,632 values an image.
+    assert estimate == pytest.approx(128 * 5632 * 5 * KEPT_PER_NODE_PLAIN * 4 / 2 ** 20)
+    assert estimate_activation_mb(config, 128, recompute=True) < estimate
+    tight = dataclasses.replace(config, memory_budget_mb=max(1, int(estimate) - 1))
+    roomy = dataclasses.replace(config, memory_budget_mb=int(estimate) + 1)
+    recompute, why = choose_recompute(tight, 128)
+    assert recompute is True and "over" in why
+    assert choose_recompute(roomy, 128)[0] is False
+
+
+def test_children_with_and_without_recomputation_give_the_same_gradients():
+    images, labels = tf.random.normal([4, 16, 16, 1]), tf.constant([0, 1, 2, 1])
+    arc = arc_lib.parse_arc(arc_lib.DEFAULT_ARC)
+    grads = []
+    for recompute in (False, True):
+        tf.random.set_seed(0)
+        child = SharedChild(tiny_child_config(keep_prob=1.0), recompute=recompute)
+        with tf.GradientTape() as tape:
+            logits, aux = child(images, arc, training=True)
+            loss = classification_loss(labels, logits, aux, 0.4)
+        grads.append(tape.gradient(loss, child.trainable_variables,
+                                   unconnected_gradients=tf.UnconnectedGradients.ZERO))
+    for plain, recomputed in zip(*grads):
+        np.testing.assert_allclose(tf.convert_to_tensor(plain), tf.convert_to_tensor(recomputed),
+                                   rtol=1e-4, atol=1e-5)
