@@ -80,6 +80,14 @@ def separable_conv(x, depthwise, pointwise, stride: int = 1):
                                   strides=[1, stride, stride, 1], padding="SAME")
 
 
+def even_pixels(x):
+    """x[:, ::2, ::2, :] as a 1x1 average pool with stride 2: the same values, but its
+    gradient is the pooling kernel's, not the strided slice's slow scatter (2-4x the cost
+    of the whole path on CPU). Not a stride-2 1x1 conv: oneDNN's backward pass of that
+    aborts with a double free at some shapes (e.g. [128, 64, 64, 12] -> 4 channels)."""
+    return tf.nn.avg_pool2d(x, 1, 2, "VALID")
+
+
 def avg_pool3x3(x, stride: int = 1):
     return tf.nn.avg_pool2d(x, 3, stride, "SAME")
 
@@ -93,12 +101,10 @@ def factorized_paths(x, w_path1, w_path2):
 
     Path 2 is shifted by one pixel (pad right/bottom, drop first row/column) so the
     two paths see complementary pixels. [N,H,W,C] -> [N,ceil(H/2),ceil(W/2),C1+C2].
-    A 1x1 conv with stride 2 reads exactly the even pixels, so the convs stride
-    themselves: the gradient of a strided slice (x[:, ::2, ::2]) was a slow scatter.
     """
-    path1 = tf.nn.conv2d(x, w_path1, 2, "VALID")
-    shifted = tf.slice(tf.pad(x, [[0, 0], [0, 1], [0, 1], [0, 0]]), [0, 1, 1, 0], tf.shape(x))
-    path2 = tf.nn.conv2d(shifted, w_path2, 2, "VALID")
+    path1 = tf.nn.conv2d(even_pixels(x), w_path1, 1, "SAME")
+    shifted = tf.pad(x, [[0, 0], [0, 1], [0, 1], [0, 0]])[:, 1:, 1:, :]
+    path2 = tf.nn.conv2d(even_pixels(shifted), w_path2, 1, "SAME")
     return tf.concat([path1, path2], axis=3)
 
 

@@ -14,10 +14,14 @@ def strided_slice_paths(x, w_path1, w_path2):
     return tf.concat([path1, path2], axis=3)
 
 
-@pytest.mark.parametrize("hw", [7, 8])
-def test_strided_convs_equal_the_strided_slices_with_their_gradients(hw):
-    x = tf.random.normal([2, hw, hw, 6])
-    w1, w2 = tf.random.normal([1, 1, 6, 4]), tf.random.normal([1, 1, 6, 4])
+@pytest.mark.parametrize("shape", [(2, 7, 6, 4), (2, 8, 6, 4),
+                                   # A stride-2 1x1 conv's backward pass aborted the process
+                                   # (oneDNN double free) at this shape.
+                                   (128, 64, 12, 4)])
+def test_pooled_paths_equal_the_strided_slices_with_their_gradients(shape):
+    n, hw, c_in, c_out = shape
+    x = tf.random.normal([n, hw, hw, c_in])
+    w1, w2 = tf.random.normal([1, 1, c_in, c_out]), tf.random.normal([1, 1, c_in, c_out])
     results = []
     for fn in (strided_slice_paths, factorized_paths):
         with tf.GradientTape() as tape:
@@ -25,9 +29,9 @@ def test_strided_convs_equal_the_strided_slices_with_their_gradients(hw):
             y = fn(x, w1, w2)
             loss = tf.reduce_sum(tf.sin(y))
         results.append([y] + tape.gradient(loss, [x, w1, w2]))
-    assert results[1][0].shape == (2, (hw + 1) // 2, (hw + 1) // 2, 8)
+    assert results[1][0].shape == (n, (hw + 1) // 2, (hw + 1) // 2, 2 * c_out)
     for plain, fast in zip(*results):
-        np.testing.assert_allclose(plain, fast, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(plain, fast, rtol=1e-4, atol=1e-4)
 
 
 def test_drop_path_keeps_or_drops_whole_examples_rescaled():
