@@ -76,8 +76,86 @@ def batch_norm_inference(x, scale, offset, mean, variance):
 
 def separable_conv(x, depthwise, pointwise, stride: int = 1):
     """relu, then depthwise kxk [k,k,C,1] + pointwise 1x1 [1,1,C,C'] ('SAME')."""
-    return tf.nn.separable_conv2d(tf.nn.relu(x), depthwise, pointwise,
-                                  strides=[1, stride, stride, 1], padding="SAME")
+    x = depthwise_conv(tf.nn.relu(x), depthwise, stride)
+    return tf.nn.conv2d(x, pointwise, 1, "VALID")
+
+
+# Which backward formulation is fastest on CPU, per kernel size, for stride 1
+# (tools/bench_depthwise.py, interleaved medians at [128,32,32,20] / [128,16,16,40]).
+# Stride 2 keeps TensorFlow's own gradients.
+FLIPPED_GRAD_INPUT_KERNELS = (3, 5)
+FOLDED_GRAD_FILTER_KERNELS = (5,)
+
+
+def depthwise_conv(x, depthwise, stride: int = 1):
+    """'SAME' depthwise conv, x [N,H,W,C], depthwise [k,k,C,1]. For stride 1 and odd
+    kernels, its gradients use the faster formulations below. A kernel whose size is
+    not known when traced (the search child's relaxed traces) is taken to be odd."""
+    kernel = depthwise.shape[0]
+    if stride != 1 or (kernel is not None and (kernel % 2 == 0 or (
+            kernel not in FLIPPED_GRAD_INPUT_KERNELS and kernel not in FOLDED_GRAD_FILTER_KERNELS))):
+        return tf.nn.depthwise_conv2d(x, depthwise, [1, stride, stride, 1], "SAME")
+    # Read a variable here, outside the custom gradient, so its gradient reaches the
+    # variable through the read (a custom gradient would need a `variables` argument).
+    return _depthwise_conv_fast_grads(tf.convert_to_tensor(x), tf.convert_to_tensor(depthwise))
+
+
+def _tf_grad_input(x, depthwise, dy):
+    return tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
+        input_sizes=tf.shape(x), filter=depthwise, out_backprop=dy,
+        strides=[1, 1, 1, 1], padding="SAME")
+
+
+def _tf_grad_filter(x, depthwise, dy):
+    return tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
+        input=x, filter_sizes=tf.shape(depthwise), out_backprop=dy,
+        strides=[1, 1, 1, 1], padding="SAME")
+
+
+def _pick(kernel, kernels, fast, plain):
+    """fast() if the kernel size is in `kernels`, else plain(); decided when traced
+    if the size is known then, else when run."""
+    if isinstance(kernel, int):
+        return fast() if kernel in kernels else plain()
+    return tf.cond(tf.reduce_any(tf.equal(kernel, kernels)), fast, plain)
+
+
+@tf.custom_gradient
+def _depthwise_conv_fast_grads(x, depthwise):
+    """Stride-1 'SAME' depthwise conv with an odd kernel and a chosen backward."""
+    y = tf.nn.depthwise_conv2d(x, depthwise, [1, 1, 1, 1], "SAME")
+
+    def grad(dy):
+        kernel = depthwise.shape[0] or tf.shape(depthwise)[0]
+        dx = _pick(kernel, FLIPPED_GRAD_INPUT_KERNELS,
+                   lambda: depthwise_grad_input_flipped(dy, depthwise),
+                   lambda: _tf_grad_input(x, depthwise, dy))
+        dw = _pick(kernel, FOLDED_GRAD_FILTER_KERNELS,
+                   lambda: depthwise_grad_filter_folded(x, dy, kernel),
+                   lambda: _tf_grad_filter(x, depthwise, dy))
+        return dx, dw
+
+    return y, grad
+
+
+def depthwise_grad_input_flipped(dy, depthwise):
+    """Input gradient of a stride-1 'SAME' depthwise conv with an odd kernel: the
+    same conv of dy with the kernel flipped in space. dy [N,H,W,C] -> [N,H,W,C]."""
+    return tf.nn.depthwise_conv2d(dy, tf.reverse(depthwise, [0, 1]), [1, 1, 1, 1], "SAME")
+
+
+def depthwise_grad_filter_folded(x, dy, kernel: int):
+    """Filter gradient of a stride-1 'SAME' depthwise conv (odd kernel) as one VALID
+    depthwise conv with the batch folded into channels: x padded -> [1,H+2p,W+2p,N*C],
+    dy as an HxW filter [H,W,N*C,1]; the [1,k,k,N*C] result summed over N -> [k,k,C,1]."""
+    pad = kernel // 2
+    n, height, width, c = tf.unstack(tf.shape(dy))
+    padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    folded_x = tf.reshape(tf.transpose(padded, [1, 2, 0, 3]),
+                          [1, height + 2 * pad, width + 2 * pad, n * c])
+    folded_dy = tf.reshape(tf.transpose(dy, [1, 2, 0, 3]), [height, width, n * c, 1])
+    out = tf.nn.depthwise_conv2d(folded_x, folded_dy, [1, 1, 1, 1], "VALID")  # [1,k,k,N*C]
+    return tf.expand_dims(tf.reduce_sum(tf.reshape(out, [kernel, kernel, n, c]), axis=2), -1)
 
 
 def even_pixels(x):
