@@ -1,0 +1,134 @@
+"""tf.distribute strategies for retraining and search (--strategy).
+
+  * default: TensorFlow's default strategy, one device (what runs without the flag);
+  * mirrored: tf.distribute.MirroredStrategy over local devices (every GPU by
+    default; one replica on the CPU on a machine without GPU);
+  * multi_worker: tf.distribute.MultiWorkerMirroredStrategy over the machines that
+    the TF_CONFIG environment variable lists, as TensorFlow documents it.
+
+Every worker runs the same program on the same (seeded) data. Only the chief writes
+results, pictures, checkpoints and TensorBoard; the others write into a temporary
+folder (saving a checkpoint may involve collectives, so they must save too) that
+is deleted at the end (TensorFlow's multi-worker guide). Collectives time out after
+RunConfig.collective_timeout_s, so a dead worker makes the others stop with a
+WorkerLost error instead of hanging.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Iterator, Optional, Sequence
+
+import tensorflow as tf
+
+from src.configs import ConfigError, RunConfig
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+TF_CONFIG = "TF_CONFIG"
+# What a collective raises when a peer has died or stopped answering.
+_PEER_ERRORS = (tf.errors.DeadlineExceededError, tf.errors.UnavailableError,
+                tf.errors.CancelledError, tf.errors.AbortedError, tf.errors.InternalError)
+
+
+class WorkerLost(RuntimeError):
+    """Another worker of a multi-worker run died or stopped answering."""
+
+
+def build_strategy(run: RunConfig) -> tf.distribute.Strategy:
+    """The strategy of --strategy (call before any other TensorFlow work: a
+    multi-worker strategy must be made before the first op runs)."""
+    if run.strategy == "default":
+        return tf.distribute.get_strategy()
+    if run.strategy == "mirrored":
+        return tf.distribute.MirroredStrategy(devices=list(run.devices) or local_devices())
+    options = tf.distribute.experimental.CommunicationOptions(
+        timeout_seconds=run.collective_timeout_s)
+    read_tf_config()  # a one-line error for a bad one; TensorFlow reads it itself
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+def local_devices() -> Sequence[str]:
+    """Every local GPU; without one, every logical CPU device (one unless a test or the
+    user configured more)."""
+    gpus = tf.config.list_logical_devices("GPU")
+    return [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+
+
+def read_tf_config() -> dict:
+    """TF_CONFIG, checked: {"cluster": {"worker": [host:port, ...]}, "task": {"type":
+    "worker", "index": i}}. Raises ConfigError in one line when it is missing or wrong."""
+    text = os.environ.get(TF_CONFIG)
+    if not text:
+        raise ConfigError("--strategy multi_worker needs the TF_CONFIG environment variable "
+                          '(e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                          '"task": {"type": "worker", "index": 0}})')
+    try:
+        config = json.loads(text)
+        workers = config["cluster"]["worker"]
+        task_type, index = config["task"]["type"], int(config["task"]["index"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"TF_CONFIG is not valid ({type(error).__name__}: {error}); it needs "
+                          'cluster.worker (a list of host:port) and task {"type", "index"}') from None
+    if not isinstance(workers, list) or not workers:
+        raise ConfigError("TF_CONFIG: cluster.worker must be a non-empty list of host:port")
+    if task_type not in ("worker", "chief") or not 0 <= index < len(config["cluster"].get(task_type, [])):
+        raise ConfigError(f"TF_CONFIG: task {task_type} {index} is not in the cluster")
+    return config
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's files: always, but in a multi-worker run
+    only the chief (the 'chief' task, or worker 0 when there is none)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type == "chief":
+        return True
+    return task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().jobs
+
+
+def worker_output_dir(output_dir: str, chief: bool) -> str:
+    """Where this process writes: the output folder for the chief, a fresh temporary
+    folder for the other workers (remove it with remove_worker_dir)."""
+    return output_dir if chief else tempfile.mkdtemp(prefix="enas_worker_")
+
+
+def remove_worker_dir(path: str, chief: bool) -> None:
+    if not chief:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def distribute_batches(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Global batches split over the replicas (every worker builds the same global
+    batches; each replica gets its slice of each)."""
+    if not is_distributed(strategy):
+        return dataset
+    options = tf.data.Options()
+    # The global batches are identical on every worker: shard by element (the slices).
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return strategy.experimental_distribute_dataset(dataset.with_options(options))
+
+
+def is_distributed(strategy: tf.distribute.Strategy) -> bool:
+    """Whether strategy is mirrored or multi-worker (not TensorFlow's default one)."""
+    return isinstance(strategy, (tf.distribute.MirroredStrategy,
+                                 tf.distribute.MultiWorkerMirroredStrategy))
+
+
+@contextlib.contextmanager
+def peer_failures(strategy: tf.distribute.Strategy, timeout_s: float) -> Iterator[None]:
+    """In a multi-worker run, turns a collective that failed because a peer died or timed
+    out into WorkerLost (one line)."""
+    try:
+        yield
+    except _PEER_ERRORS as error:
+        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            raise
+        first = (getattr(error, "message", None) or str(error)).strip().splitlines()
+        raise WorkerLost(f"another worker died or stopped answering (no answer within "
+                         f"{timeout_s:g}s: {type(error).__name__}"
+                         f"{': ' + first[0][:200] if first else ''})") from None
