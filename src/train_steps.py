@@ -214,9 +214,10 @@ class SharedChildSteps:
     """Search-phase steps for a SharedChild: the forward pass follows the arc
     eagerly, the optimizer update is one compiled function."""
 
-    def __init__(self, model, optim: OptimConfig):
+    def __init__(self, model, optim: OptimConfig, strategy: Optional[tf.distribute.Strategy] = None):
         self.model = model
         self.optim = optim
+        self.strategy = strategy or tf.distribute.get_strategy()
         # The variant's quirk (train_aux_head off): the aux loss still reaches the body,
         # but the aux head's own weights are not among the trained variables.
         self.variables: List[tf.Variable] = (list(model.trainable_variables)
@@ -225,6 +226,12 @@ class SharedChildSteps:
         self._apply = tf.function(self.optimizer.apply)
 
     def train_step(self, images, labels, arc: Sequence[int]) -> Dict[str, tf.Tensor]:
+        """One step on `arc`. Under a strategy (the child made in its scope) images and
+        labels are a distributed global batch: every replica runs the same arc on its
+        slice (eagerly, one thread per local replica), the gradients are summed over
+        the replicas, and the update is applied once."""
+        if distribute.is_distributed(self.strategy):
+            return self._distributed_train_step(images, labels, arc)
         with tf.GradientTape() as tape:
             logits, aux_logits = self.model(images, arc, training=True)
             loss = classification_loss(labels, logits, aux_logits, self.optim.aux_weight)
@@ -235,6 +242,41 @@ class SharedChildSteps:
         grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         grad_norm = self._apply(grads)
         return {"loss": loss, "grad_norm": grad_norm, "correct": count_correct(labels, logits)}
+
+    def _distributed_train_step(self, images, labels, arc) -> Dict[str, tf.Tensor]:
+        def replica_step(images, labels):
+            with tf.GradientTape() as tape:
+                logits, aux_logits = self.model(images, arc, training=True)
+                loss = summed_loss(labels, logits, aux_logits, self.optim.aux_weight,
+                                   global_batch_size(labels))
+            grads = tape.gradient(loss, self.variables,
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+            counts = tf.cast(tf.stack([count_correct(labels, logits), tf.shape(labels)[0]]), tf.float32)
+            return tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, (loss, grads, counts))
+
+        summed = self.strategy.run(replica_step, args=(images, labels))
+        loss, grads, counts = tf.nest.map_structure(
+            lambda value: self.strategy.experimental_local_results(value)[0], summed)
+        grad_norm = self._apply(grads)
+        correct, count = tf.unstack(tf.cast(counts, tf.int32))
+        return {"loss": loss, "grad_norm": grad_norm, "correct": correct, "count": count}
+
+    def count_correct_in_parallel(self, batches, arcs) -> List[int]:
+        """Correct predictions of each arc on its batch, one arc per replica at once (all
+        replicas of all workers): batches and arcs have num_replicas_in_sync entries,
+        the same on every worker. Returns the counts, in order, on every worker."""
+        def replica_value(index):
+            return self.strategy.experimental_distribute_values_from_function(
+                lambda context: batches[context.replica_id_in_sync_group][index])
+
+        def replica_count(images, labels):
+            replica = int(tf.distribute.get_replica_context().replica_id_in_sync_group)
+            return tf.reshape(self.count_correct(images, labels, arcs[replica]), [1])
+
+        counts = self.strategy.run(replica_count, args=(replica_value(0), replica_value(1)))
+        return [int(c) for c in self.strategy.gather(counts, axis=0).numpy()]
 
     def warm_up(self, images, labels) -> None:
         """Traces every compiled piece (forward, backward, evaluation) on two arcs that
