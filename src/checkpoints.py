@@ -19,6 +19,9 @@ from src.run_dir import OutputDirError
 MAX_TO_KEEP = 3
 # Restoring a truncated or missing file raises these (IndexError: "Read less bytes than
 # requested", from TensorFlow's reader); anything else is another model.
+# What a multi-worker run's collectives raise when a peer died (see distribute.py).
+_PEER_ERRORS = (tf.errors.DeadlineExceededError, tf.errors.UnavailableError,
+                tf.errors.CancelledError, tf.errors.AbortedError)
 _CORRUPT = (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.OutOfRangeError, IndexError)
 
 
@@ -103,6 +106,8 @@ def save(manager: tf.train.CheckpointManager, number: int) -> None:
     previous checkpoints stay as they were)."""
     try:
         manager.save(checkpoint_number=number)
+    except _PEER_ERRORS:
+        raise  # a multi-worker save's collectives lost a peer: not a storage failure
     except tf.errors.OpError as error:
         raise OutputDirError(f"cannot write checkpoint {number} in {manager.directory}: "
                              f"{error.message.splitlines()[0]}") from None

@@ -133,7 +133,7 @@ def test_a_dead_worker_stops_the_other_with_one_line(tiny_folders, tmp_path):
     other.send_signal(signal.SIGKILL)
     other.wait()
     _, stderr = chief.communicate(timeout=timeout + 300)
-    assert chief.returncode == 4
+    assert chief.returncode == 4, stderr[-2000:]
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: another worker died or stopped answering")
 
