@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import tensorflow as tf
 
@@ -102,15 +102,31 @@ def remove_worker_dir(path: str, chief: bool) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def distribute_batches(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """Global batches split over the replicas (every worker builds the same global
-    batches; each replica gets its slice of each)."""
+def distribute_batches(strategy: tf.distribute.Strategy, batches: tf.data.Dataset) -> Iterable:
+    """Global (images, labels) batches, each split over the replicas: replica r of
+    R (over all workers) gets the r-th of R near-equal consecutive slices. Every worker
+    builds the same global batches from the same seed, so the slices add up to each
+    batch exactly once.
+
+    Split by hand rather than by experimental_distribute_dataset: its per-device
+    iterators log a TensorFlow warning that nobody can act on at every start."""
     if not is_distributed(strategy):
-        return dataset
-    options = tf.data.Options()
-    # The global batches are identical on every worker: shard by element (the slices).
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return strategy.experimental_distribute_dataset(dataset.with_options(options))
+        return batches
+    return (split_over_replicas(strategy, images, labels) for images, labels in batches)
+
+
+def split_over_replicas(strategy: tf.distribute.Strategy, *tensors):
+    """Per-replica slices [n_r, ...] of each tensor [N, ...] along axis 0 (n_r differ by
+    at most one), as distributed values."""
+    replicas, total = strategy.num_replicas_in_sync, int(tensors[0].shape[0])
+    bounds = [total * r // replicas for r in range(replicas + 1)]
+
+    def distributed(tensor):
+        return strategy.experimental_distribute_values_from_function(
+            lambda context: tensor[bounds[context.replica_id_in_sync_group]:
+                                   bounds[context.replica_id_in_sync_group + 1]])
+
+    return tuple(distributed(tensor) for tensor in tensors)
 
 
 def is_distributed(strategy: tf.distribute.Strategy) -> bool:
