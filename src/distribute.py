@@ -43,6 +43,7 @@ def build_strategy(run: RunConfig) -> tf.distribute.Strategy:
     if run.strategy == "default":
         return tf.distribute.get_strategy()
     if run.strategy == "mirrored":
+        check_devices(run.devices)
         return tf.distribute.MirroredStrategy(devices=list(run.devices) or local_devices())
     options = tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=run.collective_timeout_s)
@@ -55,6 +56,19 @@ def local_devices() -> Sequence[str]:
     user configured more)."""
     gpus = tf.config.list_logical_devices("GPU")
     return [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+
+
+def check_devices(devices: Sequence[str]) -> None:
+    """Raises ConfigError naming the first of --devices that this machine lacks."""
+    known = {(d.device_type, int(d.name.rsplit(":", 1)[1])) for d in tf.config.list_logical_devices()}
+    for name in devices:
+        try:
+            spec = tf.DeviceSpec.from_string(name if name.startswith("/") else "/" + name)
+        except ValueError:
+            spec = None
+        if spec is None or ((spec.device_type or "").upper(), spec.device_index or 0) not in known:
+            names = ", ".join(d.name for d in tf.config.list_logical_devices())
+            raise ConfigError(f"--devices: no device {name!r} here (there are: {names})")
 
 
 def read_tf_config() -> dict:

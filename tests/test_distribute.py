@@ -145,3 +145,26 @@ def test_multi_worker_without_tf_config_is_a_one_line_error(tiny_folders, tmp_pa
     assert process.returncode == 2
     assert stderr.strip().splitlines()[-1].startswith(
         "error: --strategy multi_worker needs the TF_CONFIG environment variable")
+
+
+@pytest.mark.parametrize("value, message", [
+    ("not json", "TF_CONFIG is not valid"),
+    ('{"cluster": {"worker": []}, "task": {"type": "worker", "index": 0}}',
+     "cluster.worker must be a non-empty list"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
+     "task worker 1 is not in the cluster"),
+])
+def test_bad_tf_config_is_named(value, message, monkeypatch):
+    from src import distribute
+    from src.configs import ConfigError
+    monkeypatch.setenv("TF_CONFIG", value)
+    with pytest.raises(ConfigError, match=message):
+        distribute.read_tf_config()
+
+
+def test_devices_this_machine_lacks_are_named():
+    from src import distribute
+    from src.configs import ConfigError
+    distribute.check_devices(["/cpu:0"])
+    with pytest.raises(ConfigError, match="no device '/gpu:7' here"):
+        distribute.check_devices(["/gpu:7"])
