@@ -13,6 +13,7 @@ from src import image_cache
 from src.arc import ArcError
 from src.configs import ChildConfig, ConfigError, DataConfig, OptimConfig, RunConfig
 from src.data import DataError
+from src.distribute import WorkerLost
 from src.run_dir import OutputDirError
 from src.checkpoints import CheckpointMismatch
 from src.train_steps import NonFiniteLoss, StopRequested
@@ -82,6 +83,20 @@ def define_common_flags(*, output_dir: str, num_epochs: int, num_layers: int, ou
     flags.DEFINE_boolean("deterministic", False, "Make every TensorFlow op deterministic "
                          "(enable_op_determinism), so that two runs with the same --seed write "
                          "identical results. Off by default: see the README for its cost.")
+    flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
+                      "tf.distribute strategy. 'default': one device. 'mirrored': data-parallel "
+                      "over this machine's devices (--devices; every GPU by default, the CPU "
+                      "without one), --batch_size split over them. 'multi_worker': over the "
+                      "machines listed in the TF_CONFIG environment variable, one process each "
+                      "with the same flags; only the chief (worker 0) writes --output_dir.")
+    flags.DEFINE_list("devices", [], "--strategy mirrored: the devices to use, e.g. "
+                      "'/gpu:0,/gpu:1' (empty = every local GPU, or the CPU).")
+    flags.DEFINE_boolean("sync_batch_norm", False, "Retraining under a multi-device strategy: "
+                         "BN normalises with the statistics of the whole global batch (all-"
+                         "reduced over the replicas) instead of each replica's slice.")
+    flags.DEFINE_float("collective_timeout_s", 300.0, "--strategy multi_worker: a worker that "
+                       "does not answer within this many seconds is taken as dead, and the "
+                       "others stop with an error instead of waiting forever.")
 
 
 def data_config() -> DataConfig:
@@ -101,7 +116,8 @@ def child_config() -> ChildConfig:
         num_cells=FLAGS.child_num_cells, out_filters=FLAGS.child_out_filters,
         num_reductions=FLAGS.child_num_reductions, use_aux_heads=FLAGS.child_use_aux_heads,
         keep_prob=FLAGS.child_keep_prob, drop_path_keep_prob=FLAGS.child_drop_path_keep_prob,
-        recompute=FLAGS.recompute, memory_budget_mb=FLAGS.memory_budget_mb)
+        recompute=FLAGS.recompute, memory_budget_mb=FLAGS.memory_budget_mb,
+        sync_batch_norm=FLAGS.sync_batch_norm)
 
 
 def optim_config() -> OptimConfig:
@@ -115,7 +131,8 @@ def run_config() -> RunConfig:
         output_dir=FLAGS.output_dir, reset_output_dir=FLAGS.reset_output_dir,
         num_epochs=FLAGS.num_epochs, log_every=FLAGS.log_every,
         eval_every_epochs=FLAGS.eval_every_epochs, seed=FLAGS.seed,
-        deterministic=FLAGS.deterministic)
+        deterministic=FLAGS.deterministic, strategy=FLAGS.strategy,
+        devices=tuple(FLAGS.devices), collective_timeout_s=FLAGS.collective_timeout_s)
 
 
 def flag_values() -> dict:
@@ -132,7 +149,7 @@ RESUME_HINT = "the last finished epoch is checkpointed; rerun the same command t
 def run_or_exit(run: Callable[[], object]) -> None:
     """Runs; every way a run can stop short prints one line and exits with its code:
     2 for a user or storage error (bad arc, data, folder, flag value, a write that
-    failed), 3 for a loss that became NaN, 128 + the signal for SIGTERM and SIGINT."""
+    failed), 3 for a loss that became NaN, 4 for a multi-worker peer lost, 128 + the signal for SIGTERM and SIGINT."""
     logging.set_verbosity(logging.WARNING)  # TensorFlow's checkpoint chatter
     try:
         run()
@@ -140,6 +157,8 @@ def run_or_exit(run: Callable[[], object]) -> None:
         exit_with(2, f"error: {error}")
     except OSError as error:
         exit_with(2, f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "))
+    except WorkerLost as error:
+        exit_with(4, f"error: {error}; {RESUME_HINT}")
     except NonFiniteLoss as error:
         exit_with(3, f"error: {error}")
     except StopRequested as stop:

@@ -19,6 +19,9 @@ from src.run_dir import OutputDirError
 MAX_TO_KEEP = 3
 # Restoring a truncated or missing file raises these (IndexError: "Read less bytes than
 # requested", from TensorFlow's reader); anything else is another model.
+# What a multi-worker run's collectives raise when a peer died (see distribute.py).
+_PEER_ERRORS = (tf.errors.DeadlineExceededError, tf.errors.UnavailableError,
+                tf.errors.CancelledError, tf.errors.AbortedError)
 _CORRUPT = (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.OutOfRangeError, IndexError)
 
 
@@ -41,14 +44,25 @@ class JsonRecords(tf.Module):
 
 
 def restore_or_start(checkpoint: tf.train.Checkpoint, output_dir: str, checkpoint_subdir: str,
-                     optimizers: Sequence = ()) -> Tuple[tf.train.CheckpointManager, Optional[str]]:
+                     optimizers: Sequence = (), save_dir: Optional[str] = None
+                     ) -> Tuple[tf.train.CheckpointManager, Optional[str]]:
     """(a manager for output_dir/checkpoint_subdir, the checkpoint restored or None).
 
     Restores the latest checkpoint if any (the caller prints where it resumed); a
     truncated or corrupt one is skipped, with a notice, for the one before it. Each
-    optimizer's layout is checked after restoring."""
+    optimizer's layout is checked after restoring. Given save_dir (a multi-worker
+    run's other workers), the returned manager saves to save_dir/checkpoint_subdir."""
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(output_dir, checkpoint_subdir),
                                          max_to_keep=MAX_TO_KEEP)
+    if save_dir is not None:
+        restored = _restore_latest(checkpoint, manager, output_dir, optimizers)
+        return tf.train.CheckpointManager(checkpoint, os.path.join(save_dir, checkpoint_subdir),
+                                          max_to_keep=1), restored
+    return manager, _restore_latest(checkpoint, manager, output_dir, optimizers)
+
+
+def _restore_latest(checkpoint, manager, output_dir, optimizers) -> Optional[str]:
+    """The latest readable checkpoint restored (its path), or None at a fresh start."""
     candidates = list(reversed(manager.checkpoints))
     for path in candidates:
         try:
@@ -63,11 +77,11 @@ def restore_or_start(checkpoint: tf.train.Checkpoint, output_dir: str, checkpoin
                 "another --output_dir or pass --reset_output_dir") from None
         for optimizer in optimizers:
             optimizer.check_layout()
-        return manager, path
+        return path
     if candidates:
         raise OutputDirError(f"no readable checkpoint in {manager.directory}; move it away or "
                              "pass --reset_output_dir to start again")
-    return manager, None
+    return None
 
 
 def _restore(checkpoint: tf.train.Checkpoint, path: str) -> None:
@@ -92,6 +106,8 @@ def save(manager: tf.train.CheckpointManager, number: int) -> None:
     previous checkpoints stay as they were)."""
     try:
         manager.save(checkpoint_number=number)
+    except _PEER_ERRORS:
+        raise  # a multi-worker save's collectives lost a peer: not a storage failure
     except tf.errors.OpError as error:
         raise OutputDirError(f"cannot write checkpoint {number} in {manager.directory}: "
                              f"{error.message.splitlines()[0]}") from None

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 
 class ConfigError(ValueError):
@@ -48,6 +48,9 @@ class ChildConfig:
     use_aux_heads: bool = True
     keep_prob: float = 0.8
     drop_path_keep_prob: float = 0.6
+    # Under a multi-replica strategy, BN of the fixed child normalises with the statistics
+    # of the whole global batch (all-reduced), not of each replica's slice.
+    sync_batch_norm: bool = False
     # Search phase only. "kernel": He fan-in of the real kernel (k*k*C); "stacked": the
     # authors' quirk, fan-in read from the first dimension of the weights stacked per
     # possible input, which makes them 5 to 10 times too large.
@@ -147,8 +150,19 @@ class RunConfig:
     # tf.config.experimental.enable_op_determinism(); everything is seeded from `seed` anyway.
     deterministic: bool = False
     progress: bool = True
+    # tf.distribute: "default" (one device), "mirrored" (local devices), "multi_worker"
+    # (the machines of TF_CONFIG); see src/distribute.py.
+    strategy: str = "default"
+    devices: Tuple[str, ...] = ()  # mirrored only; empty = every local GPU (or the CPU)
+    collective_timeout_s: float = 300.0  # multi_worker: a peer silent this long is dead
 
     def __post_init__(self):
+        _require(self.strategy in ("default", "mirrored", "multi_worker"),
+                 f"--strategy must be default, mirrored or multi_worker, got {self.strategy!r}")
+        _require(not self.devices or self.strategy == "mirrored",
+                 "--devices applies to --strategy mirrored only")
+        _require(self.collective_timeout_s > 0,
+                 f"--collective_timeout_s must be > 0, got {self.collective_timeout_s}")
         _require(self.steps_per_epoch >= 0,
                  f"--child_steps_per_epoch must be >= 0, got {self.steps_per_epoch}")
         _require(self.num_epochs >= 0, f"--num_epochs must be >= 0, got {self.num_epochs}")

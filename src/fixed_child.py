@@ -133,6 +133,9 @@ class FixedChild(tf.Module):
             if config.use_aux_heads and layer_id == aux_layer:
                 self.aux_head = AuxHead(cell.out_shape[1], cell.out_shape[0], config.num_classes)
         self.head = ClassifierHead(shapes[1][1], config.num_classes, config.keep_prob)
+        for module in self.submodules:
+            if isinstance(module, BatchNorm):
+                module.sync = config.sync_batch_norm
 
     @property
     def layer_shapes(self) -> List[Shape]:

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from src import arc as arc_lib
 from src import data as data_lib
-from src import checkpoints, reporting, run_dir, serving
+from src import checkpoints, distribute, reporting, run_dir, serving
 from src.configs import FixedTrainConfig
 from src.fixed_child import FixedChild
 from src.summaries import RunSummaries
@@ -47,19 +47,31 @@ def check_resumable(output_dir: str, arc: str) -> None:
 
 
 def run(config: FixedTrainConfig) -> Dict:
-    """Trains (or resumes) the fixed child; returns what results.json holds."""
+    """Trains (or resumes) the fixed child; returns what results.json holds (in a
+    multi-worker run, every worker returns it; only the chief writes it)."""
     arc = arc_lib.parse_arc(config.arc, config.child.num_cells)
-    out = config.run.output_dir
-    run_dir.prepare_output_dir(out, config.run.reset_output_dir)
-    arc_text = arc_lib.format_arc(arc)
-    check_resumable(out, arc_text)
-    with run_dir.RunLock(out), run_dir.Tee(out), stop_at_step_boundaries():
-        print(reporting.format_flags(config.flags))
-        dataset = data_lib.load_dataset(config.data)
-        child_config = _child_config_for(config, dataset)
-        print(f"Classes ({dataset.num_classes}): {', '.join(dataset.class_names)}")
-        with RunSummaries(out) as summaries:
-            return _train(config, child_config, arc, arc_text, dataset, summaries)
+    strategy = distribute.build_strategy(config.run)
+    chief = distribute.is_chief(strategy)
+    # The other workers of a multi-worker run resume from the chief's checkpoints and
+    # write everything into a temporary folder, removed at the end.
+    restore_dir = config.run.output_dir if chief or not config.run.reset_output_dir else None
+    out = distribute.worker_output_dir(config.run.output_dir, chief)
+    config = dataclasses.replace(config, run=dataclasses.replace(config.run, output_dir=out))
+    try:
+        run_dir.prepare_output_dir(out, config.run.reset_output_dir and chief)
+        arc_text = arc_lib.format_arc(arc)
+        check_resumable(out, arc_text)
+        with run_dir.RunLock(out), run_dir.Tee(out), stop_at_step_boundaries(), \
+                distribute.peer_failures(strategy, config.run.collective_timeout_s):
+            print(reporting.format_flags(config.flags))
+            dataset = data_lib.load_dataset(config.data)
+            child_config = _child_config_for(config, dataset)
+            print(f"Classes ({dataset.num_classes}): {', '.join(dataset.class_names)}")
+            with RunSummaries(out) as summaries:
+                return _train(config, child_config, arc, arc_text, dataset, summaries,
+                              strategy, restore_dir or out)
+    finally:
+        distribute.remove_worker_dir(out, chief)
 
 
 def _child_config_for(config: FixedTrainConfig, dataset):
@@ -68,11 +80,16 @@ def _child_config_for(config: FixedTrainConfig, dataset):
                                channel=config.data.channel, img_size=config.data.img_size)
 
 
-def _train(config, child_config, arc, arc_text, dataset, summaries: RunSummaries) -> Dict:
+def _train(config, child_config, arc, arc_text, dataset, summaries: RunSummaries,
+           strategy: tf.distribute.Strategy, restore_dir: str) -> Dict:
     out, run_cfg = config.run.output_dir, config.run
     seed_everything(run_cfg.seed, run_cfg.deterministic)
-    model = FixedChild(child_config, arc, seed=run_cfg.seed)
-    steps = FixedChildSteps(model, config.optim, dataset.train.images.shape[1:])
+    with strategy.scope():  # mirrored weights, per-replica BN statistics
+        model = FixedChild(child_config, arc, seed=run_cfg.seed)
+    steps = FixedChildSteps(model, config.optim, dataset.train.images.shape[1:], strategy)
+    if distribute.is_distributed(strategy):
+        print(f"Strategy: {run_cfg.strategy}, {strategy.num_replicas_in_sync} replicas, "
+              f"{config.data.batch_size // strategy.num_replicas_in_sync} images each per step")
     print(f"Arc: {arc_text}")
     print(f"Model has {model.num_params()} params")
     print(f"Aux head uses {model.num_aux_params()} params")
@@ -84,8 +101,9 @@ def _train(config, child_config, arc, arc_text, dataset, summaries: RunSummaries
     records = checkpoints.JsonRecords({"epochs": [], "wall_time_s": 0.0})
     checkpoint = tf.train.Checkpoint(model=model, optimizer=steps.optimizer,
                                      epoch=epoch_var, step=step_var, records=records)
-    manager, restored = checkpoints.restore_or_start(checkpoint, out, run_dir.CHECKPOINT_DIR,
-                                                     optimizers=[steps.optimizer])
+    manager, restored = checkpoints.restore_or_start(
+        checkpoint, restore_dir, run_dir.CHECKPOINT_DIR, optimizers=[steps.optimizer],
+        save_dir=None if restore_dir == out else out)
     history = _restored_records(records, int(epoch_var), out)
     if restored:
         print(f"Resumed from {restored} at epoch {int(epoch_var)}, step {int(step_var)}")
@@ -106,7 +124,8 @@ def _train(config, child_config, arc, arc_text, dataset, summaries: RunSummaries
         lr = cosine_lr(epoch, config.optim)
         steps.optimizer.learning_rate.assign(lr)
         record = {"epoch": epoch + 1, "lr": lr}
-        record.update(train_one_epoch(step_fn, train_data.epoch(epoch), batches_per_epoch, epoch,
+        batches = distribute.distribute_batches(strategy, train_data.epoch(epoch))
+        record.update(train_one_epoch(step_fn, batches, batches_per_epoch, epoch,
                                       lr, step_var, run_cfg.log_every, start,
                                       desc=f"epoch {epoch + 1}", summaries=summaries))
         if (epoch + 1) % run_cfg.eval_every_epochs == 0 or epoch + 1 == run_cfg.num_epochs:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 BN_DECAY = 0.9
@@ -36,7 +37,9 @@ def conv_weight(kernel: int, in_c: int, out_c: int, name: str = "w") -> tf.Varia
     return he_normal([kernel, kernel, in_c, out_c], kernel * kernel * in_c, name)
 
 
-_EMPTY = tf.zeros([0])
+# Empty statistics for fused BN in training. A NumPy array, not a tensor: a tensor made
+# at import would start TensorFlow before a multi-worker strategy can configure it.
+_EMPTY = np.zeros([0], np.float32)
 
 
 def batch_norm_batch_stats(x, scale, offset):
@@ -222,21 +225,50 @@ def drop_path_keep_prob(base_keep_prob: float, layer_id: int, num_layers: int, p
     return 1.0 - progress * (1.0 - layer_keep)
 
 
+def moving_statistic(initial, name: str) -> tf.Variable:
+    """A BN moving average. Under a tf.distribute strategy each replica keeps its own
+    copy, updated from its batch, and reading it averages them (as Keras's BN does)."""
+    return tf.Variable(initial, trainable=False, name=name,
+                       synchronization=tf.VariableSynchronization.ON_READ,
+                       aggregation=tf.VariableAggregation.MEAN)
+
+
+def batch_norm_global_stats(x, scale, offset, replica_context):
+    """BN with the statistics of the whole global batch, all-reduced over the replicas
+    (as Keras's synchronized BN); returns (y, mean, Bessel-corrected variance) [C]."""
+    local = tf.stack([tf.cast(tf.size(x) // tf.shape(x)[-1], x.dtype) * tf.ones_like(scale),
+                      tf.reduce_sum(x, axis=[0, 1, 2]),
+                      tf.reduce_sum(tf.square(x), axis=[0, 1, 2])])  # [3, C]
+    count, total, total_sq = tf.unstack(replica_context.all_reduce(tf.distribute.ReduceOp.SUM, local))
+    mean = total / count
+    variance = tf.maximum(total_sq / count - tf.square(mean), 0.0)  # biased, as fused BN normalises
+    y = tf.nn.batch_normalization(x, mean, variance, offset, scale, BN_EPSILON)
+    return y, mean, variance * count / tf.maximum(count - 1.0, 1.0)
+
+
 class BatchNorm(tf.Module):
-    """BN with trainable scale/offset and moving statistics for inference."""
+    """BN with trainable scale/offset and moving statistics for inference.
+
+    `sync`: under a strategy with several replicas, training normalises with the
+    global batch's statistics (batch_norm_global_stats) instead of the replica's."""
 
     def __init__(self, channels: int, name: Optional[str] = None):
         super().__init__(name=name)
+        self.sync = False
         self.scale = tf.Variable(tf.ones([channels]), name="scale")
         self.offset = tf.Variable(tf.zeros([channels]), name="offset")
-        self.moving_mean = tf.Variable(tf.zeros([channels]), trainable=False, name="moving_mean")
-        self.moving_variance = tf.Variable(tf.ones([channels]), trainable=False, name="moving_variance")
+        self.moving_mean = moving_statistic(tf.zeros([channels]), "moving_mean")
+        self.moving_variance = moving_statistic(tf.ones([channels]), "moving_variance")
 
     def __call__(self, x, training: bool):
         if not training:
             return batch_norm_inference(x, self.scale, self.offset,
                                         self.moving_mean, self.moving_variance)
-        y, mean, variance = batch_norm_batch_stats(x, self.scale, self.offset)
+        context = tf.distribute.get_replica_context()
+        if self.sync and context is not None and context.num_replicas_in_sync > 1:
+            y, mean, variance = batch_norm_global_stats(x, self.scale, self.offset, context)
+        else:
+            y, mean, variance = batch_norm_batch_stats(x, self.scale, self.offset)
         self.moving_mean.assign_sub(moving_average_step(self.moving_mean, mean))
         self.moving_variance.assign_sub(moving_average_step(self.moving_variance, variance))
         return y

@@ -12,14 +12,14 @@ import dataclasses
 import os
 import random
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
 
 from src import arc as arc_lib
 from src import data as data_lib
-from src import checkpoints, reporting, run_dir
+from src import checkpoints, distribute, reporting, run_dir
 from src.configs import ControllerConfig, SearchConfig
 from src.controller import Controller
 from src.controller_step import ReinforceTrainer, reward_from
@@ -59,15 +59,21 @@ class SearchState:
             records=self.records)
 
 
-def build_state(config: SearchConfig) -> SearchState:
+def build_state(config: SearchConfig, strategy: Optional[tf.distribute.Strategy] = None
+                ) -> SearchState:
+    """Models and counters. Under a strategy the shared child is mirrored on every
+    replica; the controller is not: every worker keeps its own, identical, copy (same
+    seed, same rewards)."""
     seed_everything(config.run.seed, config.run.deterministic)
     recompute, why = choose_recompute(config.child, config.data.batch_size)
     print(f"Separable convs {'recomputed' if recompute else 'not recomputed'} in the "
           f"backward pass ({why})")
-    child = SharedChild(config.child, seed=config.run.seed, recompute=recompute)
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        child = SharedChild(config.child, seed=config.run.seed, recompute=recompute)
     controller = Controller(config.controller)
     return SearchState(
-        child=child, child_steps=SharedChildSteps(child, config.optim),
+        child=child, child_steps=SharedChildSteps(child, config.optim, strategy),
         controller=controller, reinforce=ReinforceTrainer(controller, config.controller),
         epoch=tf.Variable(0, dtype=tf.int64, name="epoch"),
         step=tf.Variable(0, dtype=tf.int64, name="step"),
@@ -127,26 +133,42 @@ def split_accuracy(steps: SharedChildSteps, split: data_lib.Split, batch_size: i
 
 
 def run(config: SearchConfig) -> Dict:
-    """Searches (or resumes a search); returns what results.json holds."""
-    out = config.run.output_dir
-    run_dir.prepare_output_dir(out, config.run.reset_output_dir)
-    with run_dir.RunLock(out), run_dir.Tee(out), stop_at_step_boundaries():
-        print(reporting.format_flags(config.flags))
-        dataset = data_lib.load_dataset(config.data)
-        config = dataclasses.replace(config, child=dataclasses.replace(
-            config.child, num_classes=dataset.num_classes, channel=config.data.channel,
-            img_size=config.data.img_size))
-        print(f"Classes ({dataset.num_classes}): {', '.join(dataset.class_names)}")
-        with RunSummaries(out) as summaries:
-            return _search(config, dataset, summaries)
+    """Searches (or resumes a search); returns what results.json holds (in a
+    multi-worker run every worker returns it; only the chief writes it)."""
+    strategy = distribute.build_strategy(config.run)
+    chief = distribute.is_chief(strategy)
+    # The other workers of a multi-worker run resume from the chief's checkpoints and
+    # write everything into a temporary folder, removed at the end.
+    restore_dir = config.run.output_dir if chief or not config.run.reset_output_dir else None
+    out = distribute.worker_output_dir(config.run.output_dir, chief)
+    config = dataclasses.replace(config, run=dataclasses.replace(config.run, output_dir=out))
+    try:
+        run_dir.prepare_output_dir(out, config.run.reset_output_dir and chief)
+        with run_dir.RunLock(out), run_dir.Tee(out), stop_at_step_boundaries(), \
+                distribute.peer_failures(strategy, config.run.collective_timeout_s):
+            print(reporting.format_flags(config.flags))
+            dataset = data_lib.load_dataset(config.data)
+            config = dataclasses.replace(config, child=dataclasses.replace(
+                config.child, num_classes=dataset.num_classes, channel=config.data.channel,
+                img_size=config.data.img_size))
+            print(f"Classes ({dataset.num_classes}): {', '.join(dataset.class_names)}")
+            with RunSummaries(out) as summaries:
+                return _search(config, dataset, summaries, strategy, restore_dir or out)
+    finally:
+        distribute.remove_worker_dir(out, chief)
 
 
-def _search(config: SearchConfig, dataset, summaries: RunSummaries) -> Dict:
+def _search(config: SearchConfig, dataset, summaries: RunSummaries,
+            strategy: tf.distribute.Strategy, restore_dir: str) -> Dict:
     out, run_cfg = config.run.output_dir, config.run
-    state = build_state(config)
+    state = build_state(config, strategy)
     print(f"Shared child has {state.child.num_params()} params (aux head excluded)")
-    manager, restored = checkpoints.restore_or_start(state.checkpoint(), out, run_dir.CHECKPOINT_DIR,
-                                                     optimizers=[state.child_steps.optimizer])
+    if distribute.is_distributed(strategy):
+        print(f"Strategy: {run_cfg.strategy}, {strategy.num_replicas_in_sync} replicas: child steps "
+              f"split each batch over them, controller updates score that many arcs at once")
+    manager, restored = checkpoints.restore_or_start(
+        state.checkpoint(), restore_dir, run_dir.CHECKPOINT_DIR,
+        optimizers=[state.child_steps.optimizer], save_dir=None if restore_dir == out else out)
     records = _restored_records(state, out)
     results = {}
     if restored:
@@ -174,7 +196,8 @@ def _search(config: SearchConfig, dataset, summaries: RunSummaries) -> Dict:
                   f"{'random search' if config.controller.policy == 'random' else 'warm-up'})")
         record.update(train_one_epoch(
             lambda images, labels: child_step(state, images, labels, sampler),
-            train_data.epoch(epoch, run_cfg.steps_per_epoch), batches_per_epoch, epoch, lr,
+            distribute.distribute_batches(strategy, train_data.epoch(epoch, run_cfg.steps_per_epoch)),
+            batches_per_epoch, epoch, lr,
             state.step, run_cfg.log_every, start, desc=f"epoch {epoch + 1} child",
             summaries=summaries))
         record["step"] = int(state.step)
@@ -263,19 +286,36 @@ def measure_lift(state: SearchState, valid: data_lib.Split, config: SearchConfig
 def controller_update(state: SearchState, valid_iter, ctrl) -> Dict:
     """One REINFORCE update from ctrl.num_aggregate sampled arcs, each rewarded with the
     shared child's accuracy on one validation batch plus the entropy bonus."""
-    arcs, rewards, accuracies, entropies = [], [], [], []
-    for _ in range(ctrl.num_aggregate):
-        arc, _, entropy = state.controller.sample()
-        images, labels = next(valid_iter)
-        acc = batch_accuracy(state.child_steps, images, labels, [int(a) for a in arc.numpy()])
-        arcs.append(arc)
-        accuracies.append(acc)
-        entropies.append(float(entropy))
-        rewards.append(reward_from(acc, float(entropy), ctrl.entropy_weight))
+    samples = [state.controller.sample() for _ in range(ctrl.num_aggregate)]
+    arcs = [arc for arc, _, _ in samples]
+    entropies = [float(entropy) for _, _, entropy in samples]
+    batches = [next(valid_iter) for _ in samples]
+    accuracies = score_arcs_on_batches(state.child_steps, [[int(a) for a in arc.numpy()] for arc in arcs],
+                                       batches)
+    rewards = [reward_from(acc, entropy, ctrl.entropy_weight)
+               for acc, entropy in zip(accuracies, entropies)]
     metrics = dict(state.reinforce.update(tf.stack(arcs), tf.constant(rewards, tf.float32)))
     metrics.update(rewards=rewards, accuracy=float(np.mean(accuracies)),
                    entropy=float(np.mean(entropies)))
     return metrics
+
+
+def score_arcs_on_batches(steps: SharedChildSteps, arcs: List[List[int]], batches) -> List[float]:
+    """Accuracy of each arc on its (images, labels) batch. Under a strategy with several
+    replicas, one arc per replica at once (the last round padded with the first arc);
+    every worker holds the same arcs and batches, and gets every accuracy."""
+    replicas = steps.strategy.num_replicas_in_sync
+    if not distribute.is_distributed(steps.strategy) or replicas == 1:
+        return [batch_accuracy(steps, images, labels, arc) for arc, (images, labels) in zip(arcs, batches)]
+    accuracies = []
+    for start in range(0, len(arcs), replicas):
+        round_arcs, round_batches = arcs[start:start + replicas], batches[start:start + replicas]
+        padding = replicas - len(round_arcs)
+        counts = steps.count_correct_in_parallel(round_batches + [round_batches[0]] * padding,
+                                                 round_arcs + [round_arcs[0]] * padding)
+        accuracies += [count / int(labels.shape[0])
+                       for count, (_, labels) in zip(counts, round_batches)]
+    return accuracies
 
 
 def _train_controller(state: SearchState, valid_iter, config: SearchConfig, start: float,

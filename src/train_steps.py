@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from src import arc as arc_lib
-from src import reporting, run_dir
+from src import distribute, reporting, run_dir
 from src.checkpoints import CheckpointMismatch
 from src.configs import OptimConfig
 from src.summaries import RunSummaries
@@ -128,18 +128,48 @@ def count_correct(labels, logits):
     return tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.int32))
 
 
-class FixedChildSteps:
-    """Compiled train and eval steps for a FixedChild."""
+def summed_loss(labels, logits, aux_logits, aux_weight: float, global_count):
+    """classification_loss over a replica's slice of a global batch: its examples'
+    summed cross-entropy over the global batch's size, so the replicas' losses (and
+    gradients) add up to those of the global batch."""
+    loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+    if aux_logits is not None:
+        loss += aux_weight * tf.reduce_sum(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=aux_logits))
+    return loss / global_count
 
-    def __init__(self, model, optim: OptimConfig, image_shape: Sequence[int]):
+
+def global_batch_size(labels):
+    """Examples in the global batch (float32 []): the replicas' counts all-reduced."""
+    count = tf.cast(tf.shape(labels)[0], tf.float32)
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, count)
+
+
+class FixedChildSteps:
+    """Compiled train and eval steps for a FixedChild.
+
+    Under a tf.distribute strategy (the model and this object made in its scope),
+    train_step takes a distributed global batch: each replica runs forward and
+    backward on its slice, the gradients are summed over the replicas, and the
+    optimizer applies them once, in cross-replica context."""
+
+    def __init__(self, model, optim: OptimConfig, image_shape: Sequence[int],
+                 strategy: Optional[tf.distribute.Strategy] = None):
         self.model = model
         self.optim = optim
+        self.strategy = strategy or tf.distribute.get_strategy()
         self.variables = list(model.trainable_variables)
+        # Outside the strategy's scope: the optimizer runs once per step, in cross-replica
+        # context, so its state is one ordinary copy per worker (a multi-worker strategy
+        # could not broadcast its string layout variable anyway).
         self.optimizer = NesterovSGD(self.variables, optim)
         images = tf.TensorSpec([None, *image_shape], tf.float32)
         labels = tf.TensorSpec([None], tf.int32)
-        self.train_step = tf.function(self._train_step, input_signature=[
-            images, labels, tf.TensorSpec([], tf.float32)])
+        if not distribute.is_distributed(self.strategy):
+            self.train_step = tf.function(self._train_step, input_signature=[
+                images, labels, tf.TensorSpec([], tf.float32)])
+        else:  # distributed batches: the signature follows them
+            self.train_step = tf.function(self._distributed_train_step, reduce_retracing=True)
         self.eval_step = tf.function(self._eval_step, input_signature=[images])
 
     def _train_step(self, images, labels, progress) -> Dict[str, tf.Tensor]:
@@ -151,6 +181,29 @@ class FixedChildSteps:
         grad_norm = self.optimizer.apply(grads)
         return {"loss": loss, "grad_norm": grad_norm, "correct": count_correct(labels, logits)}
 
+    def _replica_step(self, images, labels, progress):
+        """A replica's share of the step; returns the loss, gradients, correct and count
+        summed over all replicas (the same on every replica)."""
+        with tf.GradientTape() as tape:
+            logits, aux_logits = self.model(images, training=True, progress=progress)
+            loss = summed_loss(labels, logits, aux_logits, self.optim.aux_weight,
+                               global_batch_size(labels))
+        grads = tape.gradient(loss, self.variables)
+        # One dtype for the whole all-reduce (it packs its tensors together).
+        counts = tf.cast(tf.stack([count_correct(labels, logits), tf.shape(labels)[0]]), tf.float32)
+        return tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, (loss, grads, counts))
+
+    def _distributed_train_step(self, images, labels, progress) -> Dict[str, tf.Tensor]:
+        summed = self.strategy.run(self._replica_step, args=(images, labels, progress))
+        # Every replica holds the same sums: use the first's.
+        loss, grads, counts = tf.nest.map_structure(
+            lambda value: self.strategy.experimental_local_results(value)[0], summed)
+        # L2 lives in the optimizer, so it is added once, to the summed gradients.
+        grad_norm = self.optimizer.apply(grads)
+        correct, count = tf.unstack(tf.cast(counts, tf.int32))
+        return {"loss": loss, "grad_norm": grad_norm, "correct": correct, "count": count}
+
     def _eval_step(self, images):
         """Predicted class ids [N] with inference-mode BN and no dropout."""
         logits, _ = self.model(images, training=False)
@@ -161,9 +214,10 @@ class SharedChildSteps:
     """Search-phase steps for a SharedChild: the forward pass follows the arc
     eagerly, the optimizer update is one compiled function."""
 
-    def __init__(self, model, optim: OptimConfig):
+    def __init__(self, model, optim: OptimConfig, strategy: Optional[tf.distribute.Strategy] = None):
         self.model = model
         self.optim = optim
+        self.strategy = strategy or tf.distribute.get_strategy()
         # The variant's quirk (train_aux_head off): the aux loss still reaches the body,
         # but the aux head's own weights are not among the trained variables.
         self.variables: List[tf.Variable] = (list(model.trainable_variables)
@@ -172,6 +226,12 @@ class SharedChildSteps:
         self._apply = tf.function(self.optimizer.apply)
 
     def train_step(self, images, labels, arc: Sequence[int]) -> Dict[str, tf.Tensor]:
+        """One step on `arc`. Under a strategy (the child made in its scope) images and
+        labels are a distributed global batch: every replica runs the same arc on its
+        slice (eagerly, one thread per local replica), the gradients are summed over
+        the replicas, and the update is applied once."""
+        if distribute.is_distributed(self.strategy):
+            return self._distributed_train_step(images, labels, arc)
         with tf.GradientTape() as tape:
             logits, aux_logits = self.model(images, arc, training=True)
             loss = classification_loss(labels, logits, aux_logits, self.optim.aux_weight)
@@ -182,6 +242,41 @@ class SharedChildSteps:
         grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         grad_norm = self._apply(grads)
         return {"loss": loss, "grad_norm": grad_norm, "correct": count_correct(labels, logits)}
+
+    def _distributed_train_step(self, images, labels, arc) -> Dict[str, tf.Tensor]:
+        def replica_step(images, labels):
+            with tf.GradientTape() as tape:
+                logits, aux_logits = self.model(images, arc, training=True)
+                loss = summed_loss(labels, logits, aux_logits, self.optim.aux_weight,
+                                   global_batch_size(labels))
+            grads = tape.gradient(loss, self.variables,
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+            counts = tf.cast(tf.stack([count_correct(labels, logits), tf.shape(labels)[0]]), tf.float32)
+            return tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, (loss, grads, counts))
+
+        summed = self.strategy.run(replica_step, args=(images, labels))
+        loss, grads, counts = tf.nest.map_structure(
+            lambda value: self.strategy.experimental_local_results(value)[0], summed)
+        grad_norm = self._apply(grads)
+        correct, count = tf.unstack(tf.cast(counts, tf.int32))
+        return {"loss": loss, "grad_norm": grad_norm, "correct": correct, "count": count}
+
+    def count_correct_in_parallel(self, batches, arcs) -> List[int]:
+        """Correct predictions of each arc on its batch, one arc per replica at once (all
+        replicas of all workers): batches and arcs have num_replicas_in_sync entries,
+        the same on every worker. Returns the counts, in order, on every worker."""
+        def replica_value(index):
+            return self.strategy.experimental_distribute_values_from_function(
+                lambda context: batches[context.replica_id_in_sync_group][index])
+
+        def replica_count(images, labels):
+            replica = int(tf.distribute.get_replica_context().replica_id_in_sync_group)
+            return tf.reshape(self.count_correct(images, labels, arcs[replica]), [1])
+
+        counts = self.strategy.run(replica_count, args=(replica_value(0), replica_value(1)))
+        return [int(c) for c in self.strategy.gather(counts, axis=0).numpy()]
 
     def warm_up(self, images, labels) -> None:
         """Traces every compiled piece (forward, backward, evaluation) on two arcs that
@@ -277,7 +372,9 @@ def train_one_epoch(step_fn: StepFn, batches, num_batches: int, epoch: int, lr: 
             metrics = step_fn(images, labels)
             step.assign_add(1)
             # One read of each figure per step: every int()/float() of a tensor is a host sync.
-            step_now, batch = int(step), int(labels.shape[0])
+            # A distributed batch has no shape here: distributed steps count it.
+            step_now = int(step)
+            batch = int(metrics["count"]) if "count" in metrics else int(labels.shape[0])
             losses.append(float(metrics["loss"]))  # also waits for the step to finish
             grad_norm, batch_correct = float(metrics["grad_norm"]), int(metrics["correct"])
             check_finite(losses[-1], grad_norm, epoch, step_now)
