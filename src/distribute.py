@@ -16,11 +16,12 @@ WorkerLost error instead of hanging.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import tempfile
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -109,6 +110,14 @@ def worker_output_dir(output_dir: str, chief: bool) -> str:
     """Where this process writes: the output folder for the chief, a fresh temporary
     folder for the other workers (remove it with remove_worker_dir)."""
     return output_dir if chief else tempfile.mkdtemp(prefix="enas_worker_")
+
+
+def worker_run_config(run: RunConfig, chief: bool) -> Tuple[RunConfig, str]:
+    """(run with this process's output folder, the folder to resume from). The other
+    workers of a multi-worker run resume from the chief's checkpoints and write
+    everything into a temporary folder (remove it with remove_worker_dir)."""
+    restore_dir = run.output_dir if chief or not run.reset_output_dir else ""
+    return dataclasses.replace(run, output_dir=worker_output_dir(run.output_dir, chief)), restore_dir
 
 
 def remove_worker_dir(path: str, chief: bool) -> None:

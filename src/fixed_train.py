@@ -52,11 +52,8 @@ def run(config: FixedTrainConfig) -> Dict:
     arc = arc_lib.parse_arc(config.arc, config.child.num_cells)
     strategy = distribute.build_strategy(config.run)
     chief = distribute.is_chief(strategy)
-    # The other workers of a multi-worker run resume from the chief's checkpoints and
-    # write everything into a temporary folder, removed at the end.
-    restore_dir = config.run.output_dir if chief or not config.run.reset_output_dir else None
-    out = distribute.worker_output_dir(config.run.output_dir, chief)
-    config = dataclasses.replace(config, run=dataclasses.replace(config.run, output_dir=out))
+    run_config, restore_dir = distribute.worker_run_config(config.run, chief)
+    config, out = dataclasses.replace(config, run=run_config), run_config.output_dir
     try:
         run_dir.prepare_output_dir(out, config.run.reset_output_dir and chief)
         arc_text = arc_lib.format_arc(arc)

@@ -281,20 +281,13 @@ def remove_dead_temp_files(cache_dir: str) -> None:
         if not (name.startswith(".") and name.endswith(".tmp") and len(parts) >= 4):
             continue
         pid = parts[-3]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not run_dir.process_alive(int(pid)):
             try:
                 os.remove(os.path.join(cache_dir, name))
             except FileNotFoundError:
                 pass  # removed by another run meanwhile
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 

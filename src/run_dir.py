@@ -251,14 +251,14 @@ def check_not_in_use(output_dir: str) -> None:
     if owner is None:
         return
     pid, host = owner
-    if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+    if host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid)):
         return  # stale: its process is gone
     raise OutputDirError(f"{output_dir} is in use by process {pid} on {host or 'an unknown host'} "
                          f"(lock {os.path.join(output_dir, LOCK_FILE)}); wait for it to end, or "
                          "choose another --output_dir")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -137,11 +137,8 @@ def run(config: SearchConfig) -> Dict:
     multi-worker run every worker returns it; only the chief writes it)."""
     strategy = distribute.build_strategy(config.run)
     chief = distribute.is_chief(strategy)
-    # The other workers of a multi-worker run resume from the chief's checkpoints and
-    # write everything into a temporary folder, removed at the end.
-    restore_dir = config.run.output_dir if chief or not config.run.reset_output_dir else None
-    out = distribute.worker_output_dir(config.run.output_dir, chief)
-    config = dataclasses.replace(config, run=dataclasses.replace(config.run, output_dir=out))
+    run_config, restore_dir = distribute.worker_run_config(config.run, chief)
+    config, out = dataclasses.replace(config, run=run_config), run_config.output_dir
     try:
         run_dir.prepare_output_dir(out, config.run.reset_output_dir and chief)
         with run_dir.RunLock(out), run_dir.Tee(out), stop_at_step_boundaries(), \
