@@ -109,7 +109,7 @@ def test_mirrored_search(tiny_folders, tmp_path):
 
 @pytest.mark.parametrize("script, args", [(RETRAIN, ()), (SEARCH_SCRIPT, SEARCH)],
                          ids=["retrain", "search"])
-def test_multi_worker_runs_and_only_the_chief_writes(script, args, tiny_folders, tmp_path):
+def test_multi_worker_runs_only_the_chief_writes_and_it_resumes(script, args, tiny_folders, tmp_path):
     out = tmp_path / "out"
     processes = start_workers(script, tiny_folders, out, tmp_path, "--collective_timeout_s",
                               "600", *args)
@@ -120,6 +120,13 @@ def test_multi_worker_runs_and_only_the_chief_writes(script, args, tiny_folders,
     assert os.listdir(out / "checkpoints")
     # Worker 1 wrote into a temporary folder of its own, and removed it.
     assert [name for name in os.listdir(tmp_path / "tmp1") if name.startswith("enas_worker")] == []
+    if script == RETRAIN:  # both workers resume from the chief's checkpoint
+        processes = start_workers(script, tiny_folders, out, tmp_path, "--collective_timeout_s",
+                                  "600", *args, "--num_epochs", "2")
+        outputs = [finish(process) for process in processes]
+        for stdout, _ in outputs:
+            assert "Resumed from" in stdout and "at epoch 1" in stdout
+        assert json.loads(read(out / "results.json"))["epochs_done"] == 2
 
 
 def test_a_dead_worker_stops_the_other_with_one_line(tiny_folders, tmp_path):

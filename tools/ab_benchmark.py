@@ -34,6 +34,11 @@ def run_benchmark(checkout: str, args) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def shown(value) -> str:
+    """A figure for the table: 4 significant digits, '-' when missing."""
+    return "-" if value is None else f"{value:.4g}"
+
+
 def median(runs, key):
     values = [run[key] for run in runs if isinstance(run.get(key), (int, float))]
     return statistics.median(values) if values else None
@@ -57,18 +62,17 @@ def main(argv=None) -> None:
             runs[name].append(figures)
             print(f"round {round_id + 1} {name}: " + ", ".join(
                 f"{key} {figures.get(key)}" for key in FIGURES), flush=True)
+    print(json.dumps({"A": runs["A"], "B": runs["B"]}), flush=True)
     print(f"\nmedian of {args.rounds} rounds (A = {args.a}, B = {args.b})")
     print(f"{'figure':<28} {'A':>10} {'B':>10} {'B / A':>8}  target")
     for key in FIGURES:
         a, b = median(runs["A"], key), median(runs["B"], key)
         ratio = f"{b / a:.2f}" if a and b is not None else "-"
-        print(f"{key:<28} {a if a is not None else '-':>10.4} {b if b is not None else '-':>10.4} "
-              f"{ratio:>8}  {TARGETS.get(key, '')}")
+        print(f"{key:<28} {shown(a):>10} {shown(b):>10} {ratio:>8}  {TARGETS.get(key, '')}")
     for key in B_ONLY:
         b = median(runs["B"], key)
         if b is not None:
-            print(f"{key:<28} {'':>10} {b:>10.4}")
-    print(json.dumps({"A": runs["A"], "B": runs["B"]}))
+            print(f"{key:<28} {'':>10} {shown(b):>10}")
 
 
 if __name__ == "__main__":
