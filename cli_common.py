@@ -4,13 +4,16 @@ Only the entry scripts import this module: nothing under src/ reads flags.
 """
 from __future__ import annotations
 
+import json
+import os
+import random
 import sys
-from typing import Callable
+from typing import Callable, Container, Dict, Tuple
 
-from absl import flags, logging
+from absl import app, flags, logging
 
-from src import image_cache
-from src.arc import ArcError
+from src import data, image_cache
+from src.arc import ArcError, format_arc, random_arc
 from src.configs import ChildConfig, ConfigError, DataConfig, OptimConfig, RunConfig
 from src.data import DataError
 from src.distribute import WorkerLost
@@ -26,8 +29,9 @@ USER_ERRORS = (ArcError, CheckpointMismatch, ConfigError, DataError, OutputDirEr
 
 def define_common_flags(*, output_dir: str, num_epochs: int, num_layers: int, out_filters: int,
                         keep_prob: float, l2_reg: float, lr_min: float) -> None:
-    """Data, child, optimizer and run flags; the defaults that differ between search
-    and retraining are arguments."""
+    """Data, child, optimizer and run flags, and --help; the defaults that differ between
+    search and retraining are arguments."""
+    define_help_flags()
     flags.DEFINE_string("output_dir", output_dir, "Folder the run writes to (logs, checkpoints, "
                         "results). An existing run there is resumed.")
     flags.DEFINE_boolean("reset_output_dir", False, "Delete --output_dir first. Off by default: "
@@ -35,6 +39,23 @@ def define_common_flags(*, output_dir: str, num_epochs: int, num_layers: int, ou
     flags.DEFINE_string("train_data_dir", "data/train", "Training images, one subfolder per class.")
     flags.DEFINE_string("val_data_dir", "data/valid", "Validation images, same classes.")
     flags.DEFINE_string("test_data_dir", "data/test", "Test images, same classes.")
+    flags.DEFINE_string("data_dir", "", "One folder of images, one subfolder per class, instead "
+                        "of the three above: split here into train, valid and test, stratified "
+                        "by class and seeded by --seed (--valid_fraction, --test_fraction). The "
+                        "lists of files go to --split_dir; a resume reuses them.")
+    flags.DEFINE_float("valid_fraction", 0.1, "--data_dir: the fraction of each class that "
+                       "goes to the validation split (at least one image).")
+    flags.DEFINE_float("test_fraction", 0.1, "--data_dir: the fraction of each class that goes "
+                       "to the test split (at least one image); train gets the rest.")
+    flags.DEFINE_string("split_dir", "", "--data_dir: the folder of the split's lists "
+                        "(train.txt, valid.txt, test.txt: one image a line, relative to "
+                        "--data_dir). Lists already there are used as they are, e.g. give the "
+                        "search's OUTPUT_DIR/splits to retrain on its split. Empty = "
+                        "OUTPUT_DIR/splits.")
+    flags.DEFINE_boolean("train_on_valid", False, "Retraining only: train the final model on "
+                         "train + valid, as the authors' final training does. The validation "
+                         "accuracy is then not available (reported as n/a / null); the test "
+                         "split measures the model. The search refuses it.")
     flags.DEFINE_integer("channel", 1, "1 reads images grey (MNIST), 3 in colour (CIFAR-10).")
     flags.DEFINE_integer("img_size", 32, "Every image is resized to img_size x img_size.")
     flags.DEFINE_integer("n_aug_img", 1, "Offline augmentation: the training set becomes "
@@ -55,8 +76,6 @@ def define_common_flags(*, output_dir: str, num_epochs: int, num_layers: int, ou
     flags.DEFINE_boolean("child_use_aux_heads", True, "Auxiliary head on the layer after the second "
                          "reduction (training only, loss weight 0.4).")
     flags.DEFINE_float("child_keep_prob", keep_prob, "Dropout keep probability before the classifier.")
-    flags.DEFINE_float("child_drop_path_keep_prob", 0.6, "Drop-path keep probability of the last "
-                       "layer at the end of training (fixed arcs only, as the authors).")
     flags.DEFINE_float("child_l2_reg", l2_reg, "L2 weight decay on every child weight.")
     flags.DEFINE_float("child_lr_max", 0.05, "Cosine schedule: learning rate after each restart.")
     flags.DEFINE_float("child_lr_min", lr_min, "Cosine schedule: learning rate at the end of a period.")
@@ -68,14 +87,16 @@ def define_common_flags(*, output_dir: str, num_epochs: int, num_layers: int, ou
     flags.DEFINE_boolean("child_random_flip", False, "On-the-fly random horizontal flip. Off by "
                          "default: a flipped digit is another symbol. Turn on for natural images.")
     flags.DEFINE_integer("child_cutout_size", 0, "Cutout square size, on the fly (0 = off).")
-    flags.DEFINE_enum("recompute", "auto", ["auto", "on", "off"], "Search only: recompute the "
-                      "shared child's separable-conv activations in the backward pass instead of "
-                      "keeping them (less memory, a slower step). auto: only when a step's "
-                      "estimated activation memory exceeds --memory_budget_mb. The log says "
-                      "which was chosen and why.")
-    flags.DEFINE_integer("memory_budget_mb", 0, "Search only: the memory --recompute=auto may "
-                         "give a step's activations, in MB (0 = half of the memory available "
-                         "when the run starts).")
+    flags.DEFINE_boolean("child_random_affine", False, "On-the-fly random affine transform of "
+                         "each image: a small rotation, scale and shift (bilinear, the border "
+                         "filled black). For digits, symbols and defect photos, where a flip is "
+                         "wrong. Off by default, as the authors have none.")
+    flags.DEFINE_float("child_affine_rotate_deg", 10.0, "--child_random_affine: the largest "
+                       "rotation, in degrees either way (0 to 180).")
+    flags.DEFINE_float("child_affine_scale", 0.1, "--child_random_affine: the scale factor is "
+                       "drawn from [1 - s, 1 + s] (0 <= s < 1).")
+    flags.DEFINE_float("child_affine_shift", 0.1, "--child_random_affine: the largest shift on "
+                       "each axis, as a fraction of the image size (0 <= f < 0.5).")
     flags.DEFINE_integer("log_every", 50, "Print a training line every this many steps.")
     flags.DEFINE_integer("eval_every_epochs", 1, "Evaluate on valid and test every this many epochs.")
     flags.DEFINE_integer("seed", 0, "Random seed of everything: initialisation, data order, "
@@ -91,33 +112,97 @@ def define_common_flags(*, output_dir: str, num_epochs: int, num_layers: int, ou
                       "with the same flags; only the chief (worker 0) writes --output_dir.")
     flags.DEFINE_list("devices", [], "--strategy mirrored: the devices to use, e.g. "
                       "'/gpu:0,/gpu:1' (empty = every local GPU, or the CPU).")
-    flags.DEFINE_boolean("sync_batch_norm", False, "Retraining under a multi-device strategy: "
-                         "BN normalises with the statistics of the whole global batch (all-"
-                         "reduced over the replicas) instead of each replica's slice.")
     flags.DEFINE_float("collective_timeout_s", 300.0, "--strategy multi_worker: a worker that "
                        "does not answer within this many seconds is taken as dead, and the "
                        "others stop with an error instead of waiting forever.")
 
 
+def define_search_only_flags() -> None:
+    """The search's memory flags (the shared child only)."""
+    flags.DEFINE_enum("recompute", "auto", ["auto", "on", "off"], "Recompute the shared "
+                      "child's separable-conv activations in the backward pass instead of "
+                      "keeping them (less memory, a slower step). auto: only when a step's "
+                      "estimated activation memory exceeds --memory_budget_mb. The log says "
+                      "which was chosen and why.")
+    flags.DEFINE_integer("memory_budget_mb", 0, "The memory --recompute=auto may give a "
+                         "step's activations, in MB (0 = half of the memory available when "
+                         "the run starts).")
+
+
+def define_retrain_only_flags() -> None:
+    """Drop path and sync BN (the fixed child only)."""
+    flags.DEFINE_float("child_drop_path_keep_prob", 0.6, "Drop-path keep probability of the last "
+                       "layer at the end of training (fixed arcs only, as the authors).")
+    flags.DEFINE_boolean("sync_batch_norm", False, "Under a multi-device strategy, BN "
+                         "normalises with the statistics of the whole global batch (all-"
+                         "reduced over the replicas) instead of each replica's slice.")
+
+
+class HelpFlag(flags.BooleanFlag):
+    """absl's --help exits 1 and lists only the main module's flags; this one exits 0
+    (the scripts adopt cli_common's flags as key flags, so that list is complete)."""
+
+    def __init__(self, name: str, short_name: str = None, full: bool = False):
+        super().__init__(name, False, "Show every flag of absl and TensorFlow too, and exit."
+                         if full else "Show every flag this script takes, and exit.",
+                         short_name=short_name, allow_hide_cpp=True)
+        self.full = full
+
+    def parse(self, argument) -> None:
+        super().parse(argument)
+        if self.value:
+            app.usage(shorthelp=not self.full, writeto_stdout=True, exitcode=0)
+
+
+def define_help_flags() -> None:
+    """--help / -? / --helpshort and --helpfull that exit 0 in place of absl's (app.run
+    defines its own only once: after this, never)."""
+    app.define_help_flags()
+    for name in ("help", "?", "helpshort", "helpfull"):
+        delattr(FLAGS, name)
+    flags.DEFINE_flag(HelpFlag("help", short_name="?"))
+    flags.DEFINE_flag(HelpFlag("helpshort"))
+    flags.DEFINE_flag(HelpFlag("helpfull", full=True))
+
+
+FOLDER_FLAGS = ("train_data_dir", "val_data_dir", "test_data_dir")
+
+
 def data_config() -> DataConfig:
+    if FLAGS.data_dir and any(FLAGS[name].present for name in FOLDER_FLAGS):
+        raise ConfigError("give --data_dir (one folder, split for you) or --train_data_dir, "
+                          "--val_data_dir and --test_data_dir, not both")
     return DataConfig(
         train_dir=FLAGS.train_data_dir, valid_dir=FLAGS.val_data_dir, test_dir=FLAGS.test_data_dir,
         channel=FLAGS.channel, img_size=FLAGS.img_size, n_aug_img=FLAGS.n_aug_img,
         batch_size=FLAGS.batch_size, eval_batch_size=FLAGS.batch_size,
         random_crop=FLAGS.child_random_crop, random_flip=FLAGS.child_random_flip,
-        cutout_size=FLAGS.child_cutout_size, seed=FLAGS.seed,
-        cache_dir=FLAGS.cache_dir or image_cache.default_cache_dir(FLAGS.output_dir))
+        cutout_size=FLAGS.child_cutout_size, random_affine=FLAGS.child_random_affine,
+        affine_rotate_deg=FLAGS.child_affine_rotate_deg, affine_scale=FLAGS.child_affine_scale,
+        affine_shift=FLAGS.child_affine_shift, seed=FLAGS.seed,
+        cache_dir=FLAGS.cache_dir or image_cache.default_cache_dir(FLAGS.output_dir),
+        # Read only where defined, so that it can move to the retraining script's flags.
+        train_on_valid="train_on_valid" in FLAGS and FLAGS.train_on_valid, data_dir=FLAGS.data_dir,
+        valid_fraction=FLAGS.valid_fraction, test_fraction=FLAGS.test_fraction,
+        split_list_dir=FLAGS.split_dir or os.path.join(FLAGS.output_dir, data.SPLIT_LIST_SUBDIR))
+
+
+# ChildConfig fields set by flags that only one of the scripts defines.
+ONE_SCRIPT_CHILD_FLAGS = {"drop_path_keep_prob": "child_drop_path_keep_prob",
+                          "sync_batch_norm": "sync_batch_norm", "recompute": "recompute",
+                          "memory_budget_mb": "memory_budget_mb"}
 
 
 def child_config() -> ChildConfig:
-    """Classes, channel and size are filled in from the data when it is loaded."""
+    """Classes, channel and size are filled in from the data when it is loaded; a field
+    whose flag this script does not define keeps ChildConfig's default."""
+    one_script = {field: FLAGS[name].value for field, name in ONE_SCRIPT_CHILD_FLAGS.items()
+                  if name in FLAGS}
     return ChildConfig(
         channel=FLAGS.channel, img_size=FLAGS.img_size, num_layers=FLAGS.child_num_layers,
         num_cells=FLAGS.child_num_cells, out_filters=FLAGS.child_out_filters,
         num_reductions=FLAGS.child_num_reductions, use_aux_heads=FLAGS.child_use_aux_heads,
-        keep_prob=FLAGS.child_keep_prob, drop_path_keep_prob=FLAGS.child_drop_path_keep_prob,
-        recompute=FLAGS.recompute, memory_budget_mb=FLAGS.memory_budget_mb,
-        sync_batch_norm=FLAGS.sync_batch_norm)
+        keep_prob=FLAGS.child_keep_prob, **one_script)
 
 
 def optim_config() -> OptimConfig:
@@ -141,6 +226,98 @@ def flag_values() -> dict:
     names = [f.name for f in FLAGS.get_flags_for_module(main_module)]
     names += [f.name for f in FLAGS.get_flags_for_module(__name__)]
     return {name: FLAGS[name].value for name in names}
+
+
+# ----------------------------------------------------------------------------
+# Retraining: --child_fixed_arc random and --from_search (pure: main_child_trainer.py
+# reads and sets the flags)
+
+# The search's flags a retrain --from_search takes unless it is given them: its data, the
+# image size and colour, and the nodes per cell the arc was drawn with.
+DATA_SOURCE_FLAGS = ("train_data_dir", "val_data_dir", "test_data_dir", "data_dir",
+                     "valid_fraction", "test_fraction")
+FROM_SEARCH_FLAGS = DATA_SOURCE_FLAGS + ("channel", "img_size", "child_num_cells")
+# Given any of these, the data source is the command line's: none of DATA_SOURCE_FLAGS is taken.
+DATA_FOLDER_FLAGS = ("train_data_dir", "val_data_dir", "test_data_dir", "data_dir")
+
+
+def check_one_arc_source(from_search: str, arc: str, arc_file: str) -> None:
+    """ArcError if more than one of --from_search, --child_fixed_arc and
+    --child_fixed_arc_file is given."""
+    given = [f"--{name}" for name, value in (("from_search", from_search),
+             ("child_fixed_arc", arc), ("child_fixed_arc_file", arc_file)) if value]
+    if len(given) > 1:
+        raise ArcError(f"give one of --from_search, --child_fixed_arc and "
+                       f"--child_fixed_arc_file, not {' and '.join(given)}")
+
+
+def random_arc_text(seed: int, num_cells: int) -> str:
+    """A uniformly random arc, the same for the same seed (--child_fixed_arc random)."""
+    return format_arc(random_arc(random.Random(f"random-arc/{seed}"), num_cells))
+
+
+def read_finished_search(directory: str) -> Tuple[str, Dict]:
+    """(best arc, the flags the search was given) of a search's output folder; ConfigError
+    unless the search finished, i.e. made its final selection."""
+    def not_finished(why: str) -> ConfigError:
+        return ConfigError(f"{directory} is not a finished search: {why}")
+
+    if not os.path.isdir(directory):
+        raise not_finished("no such folder")
+    try:
+        with open(os.path.join(directory, "results.json")) as f:
+            results = json.load(f)
+    except FileNotFoundError:
+        raise not_finished("no results.json") from None
+    except (OSError, ValueError) as error:
+        raise not_finished(f"cannot read results.json ({error})") from None
+    if not isinstance(results, dict) or results.get("final_selection") is not True:
+        raise not_finished('its results.json has no "final_selection": true (stopped or '
+                           "resumable before its final selection, or run with "
+                           "--nofinal_selection)")
+    try:
+        with open(os.path.join(directory, "best_arc.txt")) as f:
+            arc = f.read().strip()
+    except OSError:
+        raise not_finished("no best_arc.txt") from None
+    search_flags = results.get("flags")
+    return arc, search_flags if isinstance(search_flags, dict) else {}
+
+
+def search_flags_to_take(search_flags: Dict, given: Container[str],
+                         defined: Container[str]) -> Dict:
+    """{flag: the search's value} for FROM_SEARCH_FLAGS the search recorded and this script
+    defines, except those given; given a data folder, no data-source flag is taken."""
+    names = FROM_SEARCH_FLAGS
+    if any(name in given for name in DATA_FOLDER_FLAGS):
+        names = tuple(name for name in names if name not in DATA_SOURCE_FLAGS)
+    return {name: search_flags[name] for name in names
+            if name in search_flags and name in defined and name not in given}
+
+
+def from_search_flag_values(directory: str, search_flags: Dict, given: Container[str],
+                            values: Dict) -> Dict:
+    """{flag: value} that a retrain --from_search directory sets, given the search's flags,
+    the flags given to the retrain and its flag values now: search_flags_to_take, and
+    --split_dir = the search's split lists if the retrain splits the same folder the same way."""
+    taken = search_flags_to_take(search_flags, given, defined=values)
+    if "split_dir" in values and "split_dir" not in given:
+        split_dir = search_split_dir(directory, search_flags, {**values, **taken})
+        if split_dir:
+            taken["split_dir"] = split_dir
+    return taken
+
+
+def search_split_dir(directory: str, search_flags: Dict, current: Dict) -> str:
+    """The folder of the search's split lists if the retrain splits the same --data_dir
+    with the same fractions and the three lists are there, else ''."""
+    same = ("data_dir", "valid_fraction", "test_fraction")
+    if not current.get("data_dir") or any(current.get(n) != search_flags.get(n) for n in same):
+        return ""
+    list_dir = search_flags.get("split_dir") or os.path.join(directory, data.SPLIT_LIST_SUBDIR)
+    have_all = all(os.path.isfile(data.split_list_path(list_dir, name))
+                   for name in data.SPLIT_NAMES)
+    return list_dir if have_all else ""
 
 
 RESUME_HINT = "the last finished epoch is checkpointed; rerun the same command to resume"

@@ -1,7 +1,9 @@
 """Retrain a fixed arc (found by the search, or given) into a final model.
 
-    python main_child_trainer.py --child_fixed_arc "1 2 1 3 0 1 0 4 ..."
+    python main_child_trainer.py --from_search output/search
     python main_child_trainer.py --child_fixed_arc_file output/search/best_arc.txt
+    python main_child_trainer.py --child_fixed_arc "1 2 1 3 0 1 0 4 ..."
+    python main_child_trainer.py --child_fixed_arc random --seed 3
 """
 import os
 
@@ -16,17 +18,28 @@ from src.configs import FixedTrainConfig
 
 cli_common.define_common_flags(output_dir="output/child", num_epochs=630, num_layers=15,
                                out_filters=16, keep_prob=0.8, l2_reg=2e-4, lr_min=1e-5)
+cli_common.define_retrain_only_flags()
 flags.DEFINE_string("child_fixed_arc", None, "The arc: 8*B space-separated integers, normal "
-                    "cell then reduction cell, each node 'x_id x_op y_id y_op'. Default: the "
-                    "image-folder variant's published arc.")
+                    "cell then reduction cell, each node 'x_id x_op y_id y_op'; 'random' = a "
+                    "uniformly random arc drawn from --seed (printed; results.json records "
+                    "it). Default: the image-folder variant's published arc.")
 flags.DEFINE_string("child_fixed_arc_file", None, "A file holding the arc string, e.g. the "
                     "search's best_arc.txt.")
+flags.DEFINE_string("from_search", None, "A finished search's --output_dir: retrain its "
+                    "best_arc.txt with the search's data flags (data folders or --data_dir and "
+                    "its fractions and split lists), --channel, --img_size and "
+                    "--child_num_cells, read from its results.json; flags given here override "
+                    "them. Not with --child_fixed_arc or --child_fixed_arc_file.")
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(cli_common)  # --help lists every flag of the script,
+flags.adopt_module_key_flags(flags)  # --flagfile included
+
+RANDOM_ARC = "random"
 
 
 def arc_from_flags() -> str:
-    if FLAGS.child_fixed_arc and FLAGS.child_fixed_arc_file:
-        raise ArcError("give --child_fixed_arc or --child_fixed_arc_file, not both")
+    """--child_fixed_arc_file's arc, --child_fixed_arc's (or a random one), or the
+    variant's published arc."""
     if FLAGS.child_fixed_arc_file:
         try:
             with open(FLAGS.child_fixed_arc_file) as f:
@@ -34,13 +47,38 @@ def arc_from_flags() -> str:
         except OSError as error:
             raise ArcError(f"cannot read --child_fixed_arc_file: {error.strerror}: "
                            f"{FLAGS.child_fixed_arc_file}") from None
+    if FLAGS.child_fixed_arc == RANDOM_ARC:
+        arc = cli_common.random_arc_text(FLAGS.seed, FLAGS.child_num_cells)
+        print(f"Random arc (seed {FLAGS.seed}): {arc}")
+        return arc
     return FLAGS.child_fixed_arc or DEFAULT_ARC
+
+
+def given_flags() -> set:
+    """Names of the flags given on the command line (or in a --flagfile)."""
+    return {name for name in FLAGS if FLAGS[name].present}
+
+
+def arc_from_search() -> str:
+    """--from_search DIR: its best arc; its data flags become this run's where none was
+    given, and its split lists this run's when it split the same --data_dir the same way."""
+    arc, search_flags = cli_common.read_finished_search(FLAGS.from_search)
+    taken = cli_common.from_search_flag_values(FLAGS.from_search, search_flags, given_flags(),
+                                               cli_common.flag_values())
+    for name, value in taken.items():
+        FLAGS[name].value = value
+    print(f"From the search in {FLAGS.from_search}: its best arc {arc}"
+          + "".join(f", --{name}={value}" for name, value in taken.items()))
+    return arc
 
 
 def main(argv):
     del argv
+    cli_common.check_one_arc_source(FLAGS.from_search, FLAGS.child_fixed_arc,
+                                    FLAGS.child_fixed_arc_file)
+    arc = arc_from_search() if FLAGS.from_search else arc_from_flags()
     config = FixedTrainConfig(
-        arc=arc_from_flags(), data=cli_common.data_config(), child=cli_common.child_config(),
+        arc=arc, data=cli_common.data_config(), child=cli_common.child_config(),
         optim=cli_common.optim_config(), run=cli_common.run_config(),
         flags=cli_common.flag_values())
     fixed_train.run(config)

@@ -17,6 +17,7 @@ from src.configs import ControllerConfig, SearchConfig
 
 cli_common.define_common_flags(output_dir="output/search", num_epochs=150, num_layers=6,
                                out_filters=20, keep_prob=0.9, l2_reg=1e-4, lr_min=0.0005)
+cli_common.define_search_only_flags()
 flags.DEFINE_float("controller_lr", 0.0035, "Adam learning rate of the controller.")
 flags.DEFINE_float("controller_tanh_constant", 1.10, "Logits are squashed to c * tanh(l).")
 flags.DEFINE_float("controller_op_tanh_reduce", 2.5, "Op logits use c / op_tanh_reduce instead.")
@@ -37,9 +38,17 @@ flags.DEFINE_enum("search_policy", "controller", ["controller", "random"], "'con
 flags.DEFINE_integer("child_steps_per_epoch", 0, "Child steps in one search epoch, after which "
                      "the controller phase runs (0 = one pass over the training set, as the "
                      "authors). Sets the controller's cadence in child steps on any data size.")
-flags.DEFINE_integer("num_lift_arcs", 10, "At every evaluation, this many controller-sampled and "
-                     "this many uniformly random arcs are scored on the whole validation set; "
-                     "the difference of their means is the controller's lift (0 = off).")
+flags.DEFINE_integer("num_lift_arcs", 30, "At every evaluation, this many arcs of the policy and "
+                     "(under the controller) this many uniformly random arcs are scored on the "
+                     "validation split's selection half, on the same batches: the controller's "
+                     "lift is the difference of their means, with its standard error and 95% "
+                     "interval (Welch). The policy's arcs form the arc history (0 = off).")
+flags.DEFINE_integer("num_final_arcs", 100, "Final selection: fresh arcs drawn from the final "
+                     "policy, scored with the best 10 arcs of the arc history on the final "
+                     "shared weights; the best on the selection half is best_arc.txt.")
+flags.DEFINE_boolean("final_selection", True, "Choose best_arc.txt at the end of the search on "
+                     "the final weights (see --num_final_arcs). Off = the authors: no best arc "
+                     "is chosen (best_arc.txt, if written, is only the best so far).")
 flags.DEFINE_enum("child_init_fan_in", "kernel", ["kernel", "stacked"], "He-normal fan-in of the "
                   "search-phase weights: 'kernel' = the real kernel's (k*k*C); 'stacked' = the "
                   "authors' quirk (the first dimension of the weights stacked per input).")
@@ -47,6 +56,8 @@ flags.DEFINE_boolean("child_train_aux_head", True, "Train the aux head's own wei
                      "Off = the image-folder variant's quirk: its aux loss reached the body but "
                      "its head was never updated.")
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(cli_common)  # --help lists every flag of the script,
+flags.adopt_module_key_flags(flags)  # --flagfile included
 
 
 def controller_config() -> ControllerConfig:
@@ -57,7 +68,8 @@ def controller_config() -> ControllerConfig:
         lr=FLAGS.controller_lr, num_aggregate=FLAGS.controller_num_aggregate,
         train_steps=FLAGS.controller_train_steps, train_every=FLAGS.controller_train_every,
         start_epoch=FLAGS.controller_start_epoch, policy=FLAGS.search_policy,
-        num_lift_arcs=FLAGS.num_lift_arcs, seed=FLAGS.seed)
+        num_lift_arcs=FLAGS.num_lift_arcs, num_final_arcs=FLAGS.num_final_arcs,
+        final_selection=FLAGS.final_selection, seed=FLAGS.seed)
 
 
 def main(argv):

@@ -27,6 +27,12 @@ class DataConfig:
     random_crop: bool = True  # pad 4 then random crop, on the fly
     random_flip: bool = False  # horizontal flip, on the fly (wrong for digits)
     cutout_size: int = 0  # 0 = off
+    # Random rotation, scale and shift of each image, on the fly (off: the authors have
+    # none); for digits, symbols and defect photos, where a flip is wrong.
+    random_affine: bool = False
+    affine_rotate_deg: float = 10.0  # angle in [-deg, deg]
+    affine_scale: float = 0.1  # scale factor in [1 - s, 1 + s]
+    affine_shift: float = 0.1  # shift in [-f, f] x the image size, on each axis
     seed: int = 0
     # Folder of the decoded-image cache (src/image_cache.py); '' = build it in a temporary
     # file that is not kept. The entry scripts default it to OUTPUT_DIR/cache.
@@ -34,6 +40,30 @@ class DataConfig:
     # A split whose uint8 pixels take at most this many MB is held in memory; a larger
     # one is streamed from its cache file, so memory does not grow with the data set.
     in_memory_max_mb: float = 128.0
+    # Retraining only: train on train + valid (the authors' final training); the valid
+    # accuracy is then not measured, the test split measures the model.
+    train_on_valid: bool = False
+    # One folder DIR/<class>/<image> instead of the three: split, stratified by class and
+    # seeded, into train, valid and test; the lists of files go to (or, when there, are
+    # read from) split_list_dir ('' = not kept). The entry scripts use OUTPUT_DIR/splits.
+    data_dir: str = ""
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_list_dir: str = ""
+
+    def __post_init__(self):
+        _require(0.0 <= self.affine_rotate_deg <= 180.0,
+                 f"--child_affine_rotate_deg must be in [0, 180], got {self.affine_rotate_deg}")
+        _require(0.0 <= self.affine_scale < 1.0,
+                 f"--child_affine_scale must be in [0, 1), got {self.affine_scale}")
+        _require(0.0 <= self.affine_shift < 0.5,
+                 f"--child_affine_shift must be in [0, 0.5), got {self.affine_shift}")
+        _require(0.0 < self.valid_fraction < 1.0 and 0.0 < self.test_fraction < 1.0,
+                 f"--valid_fraction and --test_fraction must be in (0, 1), got "
+                 f"{self.valid_fraction} and {self.test_fraction}")
+        _require(self.valid_fraction + self.test_fraction < 1.0,
+                 f"--valid_fraction + --test_fraction must be < 1 (train needs the rest), got "
+                 f"{self.valid_fraction} + {self.test_fraction}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +149,15 @@ class ControllerConfig:
     # "controller": ENAS; "random": uniformly random arcs throughout and the controller
     # never trains (random search with weight sharing, Li and Talwalkar 2019).
     policy: str = "controller"
-    num_lift_arcs: int = 10  # arcs of each kind scored to measure the controller's lift
+    # Arcs of each kind (the policy's, uniform ones) scored at every evaluation for the
+    # controller's lift; the policy's also form the arc history the final selection
+    # takes its best 10 from.
+    num_lift_arcs: int = 30
+    # Fresh arcs of the final policy added to the final selection's candidates.
+    num_final_arcs: int = 100
+    # False: the authors' behaviour, no final selection (and best_arc.txt only holds the
+    # best arc so far, if arcs were scored).
+    final_selection: bool = True
     seed: int = 0
 
     def __post_init__(self):
@@ -127,8 +165,11 @@ class ControllerConfig:
                  f"--search_policy must be 'controller' or 'random', got {self.policy!r}")
         _require(self.start_epoch >= 0,
                  f"--controller_start_epoch must be >= 0, got {self.start_epoch}")
-        _require(self.num_lift_arcs >= 0,
-                 f"--num_lift_arcs must be >= 0, got {self.num_lift_arcs}")
+        _require(self.num_lift_arcs == 0 or self.num_lift_arcs >= 2,
+                 f"--num_lift_arcs must be 0 (off) or >= 2 (an error bar needs two), "
+                 f"got {self.num_lift_arcs}")
+        _require(self.num_final_arcs >= 0,
+                 f"--num_final_arcs must be >= 0, got {self.num_final_arcs}")
         _require(self.num_aggregate >= 1,
                  f"--controller_num_aggregate must be >= 1, got {self.num_aggregate}")
         _require(self.train_steps >= 0, f"--controller_train_steps must be >= 0, got {self.train_steps}")

@@ -1,7 +1,9 @@
 """Image folders -> uint8 arrays (cached on disk) -> tf.data pipelines.
 
-Layout: DIR/<class>/<image> for each of the train, valid and test folders. Each
-folder is decoded once into a uint8 cache file (src/image_cache.py) that later
+Layout: DIR/<class>/<image> for each of the train, valid and test folders, or one
+such folder (DataConfig.data_dir) split here, stratified by class and seeded, into
+three lists of files kept in the output folder (a resume reuses them). Each
+folder (or list) is decoded once into a uint8 cache file (src/image_cache.py) that later
 runs map instead of decoding; offline augmentation copies go to the cache too.
 A split small enough (DataConfig.in_memory_max_mb) is then held in memory as a
 uint8 tensor; a larger one is streamed from the mapped file, so memory does not
@@ -13,15 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
-from typing import List, Optional, Tuple
+import os
+import zlib
+from typing import Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
 import tensorflow as tf
 
-from src import image_cache
-from src.configs import DataConfig
+from src import image_cache, run_dir
+from src.configs import ConfigError, DataConfig
 # Re-exported: the folder and image functions live in image_cache, below this module.
 from src.image_cache import (IMAGE_EXTENSIONS, DataError, is_image_name, list_classes,  # noqa: F401
                              read_image, read_image_as_opencv, resize_square)
@@ -36,6 +41,15 @@ _AUG_CHUNK = 1024  # source images augmented before they are written to the cach
 
 # On-the-fly augmentation (the authors' pipeline).
 CROP_PAD = 4
+
+# One folder split into three: the lists of files, one path relative to the folder a line.
+SPLIT_NAMES = ("train", "valid", "test")
+SPLIT_INFO_FILE = "split.json"  # how the lists were drawn (for the record)
+SPLIT_LIST_SUBDIR = "splits"  # the default list folder inside the output folder
+
+BUNDLED_DATA_NOTE = ("Data: the bundled MNIST digits in data/ (data/train, data/valid, data/test). "
+                     "For your own images give --data_dir DIR (one folder of class subfolders, "
+                     "split for you) or --train_data_dir, --val_data_dir and --test_data_dir.")
 
 _STATS_CHUNK = 1 << 20  # pixels per chunk when summing
 
@@ -80,15 +94,18 @@ class _RawSplit:
 # Loading
 
 
-def load_dataset(config: DataConfig, verbose: bool = True) -> Dataset:
-    """Reads the three folders (through the cache), augments the training set offline,
-    computes the training set's per-channel mean and std, and holds each split in memory
-    or streams it, by its size."""
-    check_config(config)
-    train = read_split("train", config.train_dir, config, verbose)
-    valid = read_split("valid", config.valid_dir, config, verbose)
-    test = read_split("test", config.test_dir, config, verbose)
+def load_dataset(config: DataConfig, verbose: bool = True, retraining: bool = False) -> Dataset:
+    """Reads the three folders, or the three lists of config.data_dir (through the cache),
+    trains on train + valid if config.train_on_valid (retraining only), augments the
+    training set offline, computes the training set's per-channel mean and std, and holds
+    each split in memory or streams it, by its size."""
+    check_config(config, retraining)
+    if verbose and uses_bundled_data(config):
+        print(BUNDLED_DATA_NOTE)
+    train, valid, test = read_splits(config, verbose)
     check_same_classes(train, ("valid", valid), ("test", test))
+    if config.train_on_valid:
+        train = merged_split(train, valid, config.cache_dir, verbose)
     if config.n_aug_img > 1:
         train = augment_split_offline(train, config.n_aug_img, config.channel, config.seed,
                                       config.cache_dir, verbose)
@@ -98,7 +115,10 @@ def load_dataset(config: DataConfig, verbose: bool = True) -> Dataset:
     return Dataset(*splits, class_names=train.class_names, mean=mean, std=std)
 
 
-def check_config(config: DataConfig) -> None:
+def check_config(config: DataConfig, retraining: bool = False) -> None:
+    if config.train_on_valid and not retraining:
+        raise ConfigError("--train_on_valid is for retraining only: the search needs its "
+                          "validation split to score the arcs")
     if config.channel not in (1, 3):
         raise DataError(f"channel must be 1 (grey) or 3 (colour), got {config.channel}")
     if config.img_size < 1:
@@ -108,15 +128,46 @@ def check_config(config: DataConfig) -> None:
                         f"got {config.n_aug_img}")
 
 
+def uses_bundled_data(config: DataConfig) -> bool:
+    """True when no data was given: the default folders, the bundled digits."""
+    defaults = (DataConfig.train_dir, DataConfig.valid_dir, DataConfig.test_dir)
+    return not config.data_dir and (config.train_dir, config.valid_dir, config.test_dir) == defaults
+
+
+def read_splits(config: DataConfig,
+                verbose: bool = False) -> Tuple[_RawSplit, _RawSplit, _RawSplit]:
+    """(train, valid, test): the three folders, or the three lists of config.data_dir."""
+    if config.data_dir:
+        lists = split_lists(config, verbose)
+        return tuple(read_listed_split(name, config.data_dir, lists[name], config, verbose)
+                     for name in SPLIT_NAMES)
+    return (read_split("train", config.train_dir, config, verbose),
+            read_split("valid", config.valid_dir, config, verbose),
+            read_split("test", config.test_dir, config, verbose))
+
+
 def read_split(name: str, directory: str, config: DataConfig, verbose: bool = False) -> _RawSplit:
     """All images of one folder, resized, uint8 [N, img_size, img_size, channel], mapped
     from the cache (decoded into it first if it holds no copy of this folder)."""
-    listing = image_cache.list_folder(directory)
+    return cached_split(name, image_cache.list_folder(directory), directory, config, verbose)
+
+
+def read_listed_split(name: str, directory: str, relative_paths: List[str], config: DataConfig,
+                      verbose: bool = False) -> _RawSplit:
+    """The listed images of `directory` (paths relative to it), like read_split; the cache
+    key holds the list, so each list has its own cache file."""
+    listing = image_cache.list_files(directory, relative_paths, source=f"the {name} list")
+    return cached_split(name, listing, f"{directory} ({name} list)", config, verbose)
+
+
+def cached_split(name: str, listing: image_cache.Listing, source: str, config: DataConfig,
+                 verbose: bool = False) -> _RawSplit:
+    """The listed images mapped from the cache (decoded into it first if not there)."""
     cached = image_cache.cached_folder(listing, name, config.img_size, config.channel,
                                        config.cache_dir)
     if verbose:
         print(f"Read {name}: {len(listing.paths)} images in {len(listing.class_names)} classes "
-              f"from {directory}: {_cache_note(cached)}")
+              f"from {source}: {_cache_note(cached)}")
     return _RawSplit(images=cached.images, labels=listing.labels, paths=listing.paths,
                      class_names=listing.class_names,
                      key=image_cache.folder_key(listing, config.img_size, config.channel))
@@ -150,6 +201,36 @@ def _short_list(names, limit: int = 5) -> str:
     return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)})"
 
 
+def merged_split(train: _RawSplit, valid: _RawSplit, cache_dir: str = "",
+                 verbose: bool = False) -> _RawSplit:
+    """train's images followed by valid's, written to the cache as one array (keyed by
+    both), so that a large set is still streamed from a file, never copied into memory."""
+    key = {"merge": [train.key, valid.key]}
+    shape = (len(train.images) + len(valid.images),) + train.images.shape[1:]
+    labels = np.concatenate([train.labels, valid.labels]).astype(np.int32)
+    paths = list(train.paths) + list(valid.paths)
+    cached = image_cache.cached_array(
+        cache_dir, "train-valid", key, shape,
+        lambda out: copy_rows(out, [train.images, valid.images]),
+        sidecar={"kind": "train + valid", "class_names": train.class_names, "paths": paths,
+                 "labels": labels.tolist()})
+    if verbose:
+        print(f"--train_on_valid: training on train + valid, {shape[0]} images "
+              f"({len(train.labels)} + {len(valid.labels)}): {_cache_note(cached)}")
+    return _RawSplit(images=cached.images, labels=labels, paths=paths,
+                     class_names=train.class_names, key=key)
+
+
+def copy_rows(out: np.ndarray, sources: List[np.ndarray]) -> None:
+    """out [sum N, H, W, C] = the sources one after the other, a chunk at a time."""
+    row = 0
+    for source in sources:
+        for start in range(0, len(source), _AUG_CHUNK):
+            block = source[start:start + _AUG_CHUNK]
+            out[row:row + len(block)] = block
+            row += len(block)
+
+
 def placed_split(name: str, raw: _RawSplit, mean: np.ndarray, std: np.ndarray,
                  in_memory_max_mb: float, verbose: bool = False) -> Split:
     """The split held in memory as a uint8 tensor if it is at most in_memory_max_mb,
@@ -170,6 +251,107 @@ def placed_split(name: str, raw: _RawSplit, mean: np.ndarray, std: np.ndarray,
 def held_in_memory(split: Split) -> Split:
     """The split with its images copied into a uint8 tensor (the pipelines gather from it)."""
     return dataclasses.replace(split, in_memory=tf.constant(np.asarray(split.images)))
+
+
+# ----------------------------------------------------------------------------
+# One folder, three splits
+
+
+def split_lists(config: DataConfig, verbose: bool = False) -> Dict[str, List[str]]:
+    """{split name: image paths relative to config.data_dir}: the lists in
+    config.split_list_dir if all three are there (a resume, or a retraining given the
+    search's lists), else drawn from the folder and written there."""
+    list_dir = config.split_list_dir
+    saved = read_split_lists(list_dir)
+    if saved is not None:
+        if verbose:
+            print(f"Split of {config.data_dir}: {_split_counts(saved)}, the lists in {list_dir} "
+                  f"reused (delete them to draw again)")
+        return saved
+    listing = image_cache.list_folder(config.data_dir)
+    lists = draw_split(listing, config.valid_fraction, config.test_fraction, config.seed)
+    if list_dir:
+        write_split_lists(list_dir, lists, {
+            "data_dir": os.path.abspath(config.data_dir), "seed": config.seed,
+            "valid_fraction": config.valid_fraction, "test_fraction": config.test_fraction,
+            "counts": {name: len(paths) for name, paths in lists.items()},
+            "paths": "one image a line, relative to data_dir"})
+    if verbose:
+        where = f"lists written to {list_dir}" if list_dir else "lists not kept (no split_list_dir)"
+        print(f"Split of {config.data_dir}: {_split_counts(lists)}, drawn with seed {config.seed}, "
+              f"stratified by class; {where}")
+    return lists
+
+
+def _split_counts(lists: Dict[str, List[str]]) -> str:
+    return " / ".join(f"{len(lists[name])} {name}" for name in SPLIT_NAMES)
+
+
+def draw_split(listing: image_cache.Listing, valid_fraction: float, test_fraction: float,
+               seed: int) -> Dict[str, List[str]]:
+    """Each class's images shuffled (seeded by seed and the class name, so another class
+    never changes its draw) and cut into valid, test and train (the rest); every list is
+    in class then file order, paths relative to the folder with '/'."""
+    lists = {name: [] for name in SPLIT_NAMES}
+    for label, class_name in enumerate(listing.class_names):
+        rows = np.flatnonzero(listing.labels == label)
+        n_valid, n_test = class_split_sizes(len(rows), valid_fraction, test_fraction,
+                                            class_name, listing.directory)
+        class_seed = [seed, zlib.crc32(class_name.encode("utf-8"))]
+        order = np.random.default_rng(class_seed).permutation(rows)
+        chosen = {"valid": order[:n_valid], "test": order[n_valid:n_valid + n_test],
+                  "train": order[n_valid + n_test:]}
+        for name, picked in chosen.items():
+            lists[name] += [_relative(listing.paths[row], listing.directory)
+                            for row in sorted(picked)]
+    return lists
+
+
+def class_split_sizes(n: int, valid_fraction: float, test_fraction: float, class_name: str,
+                      directory: str) -> Tuple[int, int]:
+    """(valid, test) images of a class of n: the fractions rounded, at least one each, and
+    at least one left for train."""
+    n_valid = max(1, math.floor(n * valid_fraction + 0.5))
+    n_test = max(1, math.floor(n * test_fraction + 0.5))
+    if n - n_valid - n_test < 1:
+        raise DataError(f"class {class_name!r} of {directory} has {n} image(s): too few to give "
+                        f"train, valid and test at least one each (--valid_fraction "
+                        f"{valid_fraction:g}, --test_fraction {test_fraction:g})")
+    return n_valid, n_test
+
+
+def _relative(path: str, directory: str) -> str:
+    return os.path.relpath(path, directory).replace(os.sep, "/")
+
+
+def split_list_path(list_dir: str, name: str) -> str:
+    return os.path.join(list_dir, f"{name}.txt")
+
+
+def read_split_lists(list_dir: str) -> Optional[Dict[str, List[str]]]:
+    """The three lists in list_dir, or None if any is missing (never drawn, or a run
+    killed while writing them: drawn again, the same for the same seed)."""
+    if not list_dir or not all(os.path.isfile(split_list_path(list_dir, n)) for n in SPLIT_NAMES):
+        return None
+    lists = {}
+    for name in SPLIT_NAMES:
+        path = split_list_path(list_dir, name)
+        with open(path, encoding="utf-8") as f:
+            lists[name] = [line.strip() for line in f if line.strip()]
+        if not lists[name]:
+            raise DataError(f"the split list {path} is empty; delete the lists in {list_dir} "
+                            "to draw them again")
+    return lists
+
+
+def write_split_lists(list_dir: str, lists: Dict[str, List[str]], info: Dict) -> None:
+    """name.txt for each split (atomic), then split.json with how they were drawn."""
+    os.makedirs(list_dir, exist_ok=True)
+    for name in SPLIT_NAMES:
+        text = "".join(f"{path}\n" for path in lists[name])
+        run_dir.write_text_atomic(split_list_path(list_dir, name), text)
+    run_dir.write_text_atomic(os.path.join(list_dir, SPLIT_INFO_FILE),
+                              json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
 # ----------------------------------------------------------------------------
@@ -266,6 +448,14 @@ def normalise(images: tf.Tensor, mean, std) -> tf.Tensor:
     return (tf.cast(images, tf.float32) * (1.0 / 255.0) - mean) / std
 
 
+def normalised_level(level: int, mean, std, channels: int) -> np.ndarray:
+    """float32 [C]: what normalise() makes of a pixel of `level` (0 = black, 255 = white)
+    in every channel; the border that crop and affine add is black."""
+    mean = np.zeros(channels, np.float32) if mean is None else np.asarray(mean, np.float32)
+    std = np.ones(channels, np.float32) if std is None else np.asarray(std, np.float32)
+    return (np.float32(level) * np.float32(1.0 / 255.0) - mean) / std
+
+
 # ----------------------------------------------------------------------------
 # tf.data pipelines
 
@@ -287,6 +477,7 @@ class TrainBatches:
         self.config = config
         self.batches_per_pass = num_batches(self.size, config.batch_size)
         self._read = batch_reader(split)
+        self._black = normalised_level(0, split.mean, split.std, split.images.shape[-1])  # [C]
 
     def epoch(self, epoch: int, steps: int = 0) -> tf.data.Dataset:
         """(images float32 [B, H, W, C], labels int32 [B]) batches of epoch `epoch`: one
@@ -305,7 +496,7 @@ class TrainBatches:
         def read_and_augment(index, batch_id):
             seed = tf.stack([epoch_key, batch_id])
             images, labels = self._read(index)
-            return augment_batch(images, seed, self.config), labels
+            return augment_batch(images, seed, self.config, self._black), labels
 
         return indexed.map(read_and_augment, num_parallel_calls=tf.data.AUTOTUNE,
                            deterministic=True).prefetch(tf.data.AUTOTUNE)
@@ -383,11 +574,19 @@ def _check_not_empty(split: Split) -> int:
 # On-the-fly augmentation, vectorised over a batch [B, H, W, C]
 
 
-def augment_batch(images: tf.Tensor, seed: tf.Tensor, config: DataConfig) -> tf.Tensor:
-    """Random crop, flip and cutout as configured; `seed` is a stateless seed [2]."""
+def augment_batch(images: tf.Tensor, seed: tf.Tensor, config: DataConfig,
+                  black: Optional[np.ndarray] = None) -> tf.Tensor:
+    """Random affine, crop, flip and cutout as configured; `seed` is a stateless seed [2];
+    `black` float32 [C] is a black pixel normalised (None = 0): the border that the affine
+    transform and the crop bring in."""
     crop_seed, flip_seed, cutout_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    if config.random_affine:
+        # A seed of its own, folded in, so that the crop, flip and cutout draws stay as they were.
+        affine_seed = tf.random.experimental.stateless_fold_in(seed, 3)
+        images = random_affine(images, affine_seed, config.affine_rotate_deg, config.affine_scale,
+                               config.affine_shift, black)
     if config.random_crop:
-        images = random_crop(images, crop_seed, CROP_PAD)
+        images = random_crop(images, crop_seed, CROP_PAD, black)
     if config.random_flip:
         images = random_flip(images, flip_seed)
     if config.cutout_size > 0:
@@ -395,11 +594,61 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, config: DataConfig) -> tf.
     return images
 
 
-def random_crop(images: tf.Tensor, seed: tf.Tensor, pad: int) -> tf.Tensor:
-    """Pads `pad` zeros on each side, then crops each image back to H x W at a random offset
-    (H and W must be static, as they are for batches gathered from a split)."""
+def random_affine(images: tf.Tensor, seed: tf.Tensor, rotate_deg: float, scale: float,
+                  shift: float, fill: Optional[np.ndarray] = None) -> tf.Tensor:
+    """Rotates each image about its centre by an angle in [-rotate_deg, rotate_deg], scales it
+    by a factor in [1 - scale, 1 + scale] and shifts it by up to `shift` x its size on each
+    axis, bilinear; what comes in from outside the image is `fill` [C] (None = 0)."""
+    batch, height, width = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
+    draws = tf.random.stateless_uniform([batch, 4], seed, minval=-1.0, maxval=1.0)  # [B, 4]
+    angle = draws[:, 0] * (rotate_deg * math.pi / 180.0)
+    zoom = 1.0 + draws[:, 1] * scale
+    size = tf.cast(tf.stack([width, height]), tf.float32)  # [2]: x, y
+    offset = draws[:, 2:] * shift * size  # [B, 2]: x, y in pixels
+    transforms = inverse_affine_transforms(angle, zoom, offset, size)
+    if fill is None:
+        return _projective_transform(images, transforms)
+    # The op fills with one scalar: transforming images - fill and filling 0 gives each
+    # channel its own fill once it is added back.
+    fill = tf.constant(fill, tf.float32)  # [C]
+    return _projective_transform(images - fill, transforms) + fill
+
+
+def inverse_affine_transforms(angle: tf.Tensor, zoom: tf.Tensor, offset: tf.Tensor,
+                              size: tf.Tensor) -> tf.Tensor:
+    """[B, 8] projective transforms (ImageProjectiveTransformV3's) that map each output pixel
+    to the input pixel it reads: the inverse of rotating by `angle` [B] (radians) and scaling
+    by `zoom` [B] about the centre, then shifting by `offset` [B, 2] (x, y)."""
+    centre = (size - 1.0) / 2.0  # [2]: x, y of the centre pixel
+    cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom  # [B]
+    # input = (R(-angle) / zoom) (output - centre - offset) + centre
+    moved = centre + offset  # [B, 2]: where the centre goes
+    a2 = centre[0] - cos * moved[:, 0] - sin * moved[:, 1]
+    b2 = centre[1] + sin * moved[:, 0] - cos * moved[:, 1]
+    zeros = tf.zeros_like(angle)
+    return tf.stack([cos, sin, a2, -sin, cos, b2, zeros, zeros], axis=1)  # [B, 8]
+
+
+def _projective_transform(images: tf.Tensor, transforms: tf.Tensor) -> tf.Tensor:
+    """images [B, H, W, C] resampled bilinearly by transforms [B, 8], 0 outside."""
+    moved = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3],
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
+    return tf.ensure_shape(moved, images.shape)  # the op loses the static H and W crop needs
+
+
+def random_crop(images: tf.Tensor, seed: tf.Tensor, pad: int,
+                fill: Optional[np.ndarray] = None) -> tf.Tensor:
+    """Pads `pad` pixels of `fill` [C] (None = 0) on each side, then crops each image back to
+    H x W at a random offset (H and W must be static, as they are for batches gathered from
+    a split)."""
     batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
-    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])  # [B, H+2p, W+2p, C]
+    padding = [[0, 0], [pad, pad], [pad, pad], [0, 0]]
+    padded = tf.pad(images, padding)  # [B, H+2p, W+2p, C]
+    if fill is not None:
+        # tf.pad pads one scalar: the border outside the image takes each channel's fill.
+        inside = tf.constant(np.pad(np.ones((1, height, width, 1), bool), padding))
+        padded = tf.where(inside, padded, tf.constant(fill, tf.float32))
     offsets = tf.random.stateless_uniform([batch, 2], seed, minval=0, maxval=2 * pad + 1, dtype=tf.int32)
     rows = offsets[:, :1] + tf.range(height)[tf.newaxis]  # [B, H]
     cols = offsets[:, 1:] + tf.range(width)[tf.newaxis]  # [B, W]

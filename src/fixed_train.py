@@ -61,7 +61,7 @@ def run(config: FixedTrainConfig) -> Dict:
         with run_dir.RunLock(out), run_dir.Tee(out), stop_at_step_boundaries(), \
                 distribute.peer_failures(strategy, config.run.collective_timeout_s):
             print(reporting.format_flags(config.flags))
-            dataset = data_lib.load_dataset(config.data)
+            dataset = data_lib.load_dataset(config.data, retraining=True)
             child_config = _child_config_for(config, dataset)
             print(f"Classes ({dataset.num_classes}): {', '.join(dataset.class_names)}")
             with RunSummaries(out) as summaries:
@@ -126,7 +126,7 @@ def _train(config, child_config, arc, arc_text, dataset, summaries: RunSummaries
                                       lr, step_var, run_cfg.log_every, start,
                                       desc=f"epoch {epoch + 1}", summaries=summaries))
         if (epoch + 1) % run_cfg.eval_every_epochs == 0 or epoch + 1 == run_cfg.num_epochs:
-            valid_acc, test_acc, test_pred = _evaluate(steps, dataset, config.data.eval_batch_size)
+            valid_acc, test_acc, test_pred = _evaluate(steps, dataset, config.data)
             record.update(valid_accuracy=valid_acc, test_accuracy=test_acc)
         history["epochs"].append(record)
         history["wall_time_s"] = wall_before + time.time() - start
@@ -142,7 +142,7 @@ def _train(config, child_config, arc, arc_text, dataset, summaries: RunSummaries
                        history["wall_time_s"], dataset)
 
     if test_pred is None:  # nothing trained now (--num_epochs 0, or already done)
-        valid_acc, test_acc, test_pred = _evaluate(steps, dataset, config.data.eval_batch_size)
+        valid_acc, test_acc, test_pred = _evaluate(steps, dataset, config.data)
     _report_misclassified(out, dataset, test_pred)
     model_dir = serving.export_model(model, dataset, config.data.img_size, config.data.channel,
                                      os.path.join(out, serving.MODEL_DIR))
@@ -163,12 +163,21 @@ def _restored_records(records: checkpoints.JsonRecords, epochs_done: int, out: s
     return history
 
 
-def _evaluate(steps, dataset, batch_size):
-    """(valid accuracy, test accuracy, test predictions [N])."""
-    valid_acc = accuracy(predict(steps, dataset.valid, batch_size), dataset.valid.labels)
+VALID_TRAINED_ON = "valid_accuracy: n/a (--train_on_valid: the validation images are trained on)"
+
+
+def _evaluate(steps, dataset, data_config):
+    """(valid accuracy, test accuracy, test predictions [N]); the valid accuracy is None
+    when the validation images are part of the training set (--train_on_valid)."""
+    batch_size = data_config.eval_batch_size
+    if data_config.train_on_valid:
+        valid_acc = None
+        print(VALID_TRAINED_ON)
+    else:
+        valid_acc = accuracy(predict(steps, dataset.valid, batch_size), dataset.valid.labels)
+        print(f"valid_accuracy: {valid_acc:.4f}")
     test_pred = predict(steps, dataset.test, batch_size)
     test_acc = accuracy(test_pred, dataset.test.labels)
-    print(f"valid_accuracy: {valid_acc:.4f}")
     print(f"test_accuracy: {test_acc:.4f}")
     return valid_acc, test_acc, test_pred
 
@@ -176,10 +185,12 @@ def _evaluate(steps, dataset, batch_size):
 def _save_history(out: str, history: Dict) -> None:
     run_dir.write_json_atomic(os.path.join(out, HISTORY_FILE), history)
     epochs = history["epochs"]
-    evaluated = [e for e in epochs if "valid_accuracy" in e]
+    evaluated = [e for e in epochs if "test_accuracy" in e]
     reporting.save_curves(os.path.join(out, "accuracy.png"), {
         "train": [(e["epoch"], e["train_accuracy"]) for e in epochs],
-        "valid": [(e["epoch"], e["valid_accuracy"]) for e in evaluated],
+        # None under --train_on_valid: no valid curve.
+        "valid": [(e["epoch"], e["valid_accuracy"]) for e in evaluated
+                  if e.get("valid_accuracy") is not None],
         "test": [(e["epoch"], e["test_accuracy"]) for e in evaluated]},
         title="accuracy", ylabel="accuracy")
     reporting.save_curves(os.path.join(out, "loss.png"), {

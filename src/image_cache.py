@@ -83,6 +83,29 @@ def list_folder(directory: str) -> Listing:
                    labels=np.asarray(labels, np.int32), stats=stats)
 
 
+def list_files(directory: str, relative_paths: List[str], source: str = "a list") -> Listing:
+    """The listed images of DIR/<class>/<image> (paths relative to DIR, '/'-separated), in
+    the list's order, labelled by their class folder; the classes are all of DIR's."""
+    class_names = list_classes(directory)
+    label_of = {name: label for label, name in enumerate(class_names)}
+    paths, labels, stats = [], [], []
+    for relative in relative_paths:
+        parts = relative.split("/")
+        if len(parts) != 2 or parts[0] not in label_of:
+            raise DataError(f"{source} names {relative!r}, not an image in a class folder of "
+                            f"{directory} (the lists were drawn from another folder?)")
+        path = os.path.join(directory, *parts)
+        try:
+            stat = os.stat(path)
+        except OSError:
+            raise DataError(f"{source} names a missing image: {path}") from None
+        paths.append(path)
+        labels.append(label_of[parts[0]])
+        stats.append((stat.st_size, stat.st_mtime_ns))
+    return Listing(directory=directory, class_names=class_names, paths=paths,
+                   labels=np.asarray(labels, np.int32), stats=stats)
+
+
 def list_classes(directory: str) -> List[str]:
     """Sorted names of the visible subfolders of `directory`."""
     if not os.path.isdir(directory):

@@ -452,16 +452,27 @@ def save_arc_picture(arc: Union[str, Sequence[int]], path: str) -> np.ndarray:
 # Curves
 
 
-def _finite_xy(points: Sequence[Tuple[float, float]]) -> Tuple[np.ndarray, np.ndarray]:
+def _finite_xy(points: Sequence[Tuple]) -> Tuple[np.ndarray, np.ndarray]:
     """x and y arrays with NaN where a point is not finite (a diverged loss), which
-    matplotlib draws as a gap in the line."""
-    xy = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    matplotlib draws as a gap in the line. Points may carry a third item (an interval)."""
+    xy = np.asarray([point[:2] for point in points], dtype=np.float64).reshape(-1, 2)
     finite = np.isfinite(xy).all(axis=1)
     return np.where(finite, xy[:, 0], np.nan), np.where(finite, xy[:, 1], np.nan)
 
 
-def _curves_figure(series: Dict[str, Sequence[Tuple[float, float]]], title: str, xlabel: str,
-                   ylabel: str, size: Tuple[int, int]):
+def _intervals(points: Sequence[Tuple]) -> Optional[np.ndarray]:
+    """[2, N] distances below and above y of points (x, y, [low, high]); None if no
+    point carries an interval."""
+    if not any(len(point) > 2 and point[2] is not None for point in points):
+        return None
+    below_above = [(point[1] - point[2][0], point[2][1] - point[1])
+                   if len(point) > 2 and point[2] is not None else (np.nan, np.nan)
+                   for point in points]
+    return np.asarray(below_above, dtype=np.float64).T
+
+
+def _curves_figure(series: Dict[str, Sequence[Tuple]], title: str, xlabel: str,
+                   ylabel: str, size: Tuple[int, int], hlines: Optional[Dict[str, float]] = None):
     figure = _new_figure(size[0] / DPI, size[1] / DPI, layout="constrained")
     ax = figure.add_subplot()
     any_data = False
@@ -469,8 +480,16 @@ def _curves_figure(series: Dict[str, Sequence[Tuple[float, float]]], title: str,
         x, y = _finite_xy(points)
         count = int(np.isfinite(y).sum())
         any_data = any_data or count > 0
-        ax.plot(x, y, label=name if count else f"{name} (no data)", linewidth=2,
-                marker="o" if count <= 60 else None, markersize=4)  # markers while they stay readable
+        errors = _intervals(points)
+        label = name if count else f"{name} (no data)"
+        if errors is None:
+            ax.plot(x, y, label=label, linewidth=2,
+                    marker="o" if count <= 60 else None, markersize=4)  # markers while readable
+        else:
+            ax.errorbar(x, y, yerr=errors, label=label, linewidth=2, marker="o", markersize=4,
+                        capsize=4)
+    for name, level in (hlines or {}).items():
+        ax.axhline(level, color="gray", linestyle="--", linewidth=1, label=name)
     if not any_data:
         ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center",
                 fontsize=14, color="gray")
@@ -489,7 +508,10 @@ def draw_curves(series: Dict[str, Sequence[Tuple[float, float]]], title: str,
     return _decode(_png_bytes(_curves_figure(series, title, xlabel, ylabel, size)))
 
 
-def save_curves(path: str, series: Dict[str, Sequence[Tuple[float, float]]], title: str,
-                xlabel: str = "epoch", ylabel: str = "") -> np.ndarray:
-    """Writes draw_curves(...) as a PNG to `path` and returns the image (BGR uint8)."""
-    return _save_figure(_curves_figure(series, title, xlabel, ylabel, (960, 540)), path)
+def save_curves(path: str, series: Dict[str, Sequence[Tuple]], title: str,
+                xlabel: str = "epoch", ylabel: str = "",
+                hlines: Optional[Dict[str, float]] = None) -> np.ndarray:
+    """Writes draw_curves(...) as a PNG to `path` and returns the image (BGR uint8).
+    A point (x, y, [low, high]) is drawn with an error bar; `hlines` are named levels
+    drawn across (a chance level)."""
+    return _save_figure(_curves_figure(series, title, xlabel, ylabel, (960, 540), hlines), path)

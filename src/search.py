@@ -2,9 +2,12 @@
 
 Each epoch: one pass of shared-child training, a fresh controller sample per
 step; the controller phase (REINFORCE; this loop owns the reward); 10 sampled
-arcs with their validation accuracy; valid and test accuracy of the shared
-child. The arcs seen each epoch are scored on the whole validation set and the
-best so far is written to best_arc.txt.
+arcs printed with their one-batch accuracy, as the authors do. Every
+eval_every_epochs: the shared child's valid and test accuracy, and the
+controller's lift with its error bar (the policy's arcs, kept in the arc
+history, against uniform ones). At the end the final selection scores the best
+arcs seen and fresh ones from the final policy on the final weights, and
+best_arc.txt becomes its winner (src/selection.py).
 """
 from __future__ import annotations
 
@@ -19,10 +22,11 @@ import tensorflow as tf
 
 from src import arc as arc_lib
 from src import data as data_lib
-from src import checkpoints, distribute, reporting, run_dir
+from src import checkpoints, distribute, reporting, run_dir, selection
 from src.configs import ControllerConfig, SearchConfig
 from src.controller import Controller
 from src.controller_step import ReinforceTrainer, reward_from
+from src.phase_timer import PhaseTimer, format_time_split
 from src.shared_child import SharedChild, choose_recompute
 from src.summaries import RunSummaries
 from src.train_steps import (SharedChildSteps, check_stop, cosine_lr, seed_everything,
@@ -31,12 +35,19 @@ from src.train_steps import (SharedChildSteps, check_stop, cosine_lr, seed_every
 BEST_ARC_FILE = "best_arc.txt"
 ARC_HISTORY_FILE = "arc_history.json"
 HISTORY_FILE = "history.json"
+FINAL_SELECTION_FILE = "final_selection.json"
+SUMMARY_FILE = "summary.md"
 NUM_SHOWN_ARCS = 10
-# What measure_lift adds to an evaluated epoch's record (and results.json the last of).
-LIFT_KEYS = ("controller_valid_accuracy", "random_valid_accuracy", "controller_lift")
+LIFT_KEYS = selection.LIFT_KEYS
 # What each epoch puts in TensorBoard (those an epoch lacks are skipped).
 EPOCH_SCALARS = ("train_loss", "train_accuracy", "valid_accuracy", "test_accuracy",
-                 "controller_mean_reward", "baseline") + LIFT_KEYS
+                 "controller_mean_reward", "baseline", "controller_valid_accuracy",
+                 "random_valid_accuracy", "controller_lift", "controller_lift_se")
+
+# The epoch records kept in the checkpoint: every file of the output folder is
+# rewritten from them on resume.
+EMPTY_RECORDS = {"epochs": [], "arc_history": [], "wall_time_s": 0.0, "time_split_s": {},
+                 "cpu_time_s": 0.0}
 
 
 @dataclasses.dataclass
@@ -78,7 +89,8 @@ def build_state(config: SearchConfig, strategy: Optional[tf.distribute.Strategy]
         epoch=tf.Variable(0, dtype=tf.int64, name="epoch"),
         step=tf.Variable(0, dtype=tf.int64, name="step"),
         controller_step=tf.Variable(0, dtype=tf.int64, name="controller_step"),
-        records=checkpoints.JsonRecords({"epochs": [], "arc_history": [], "wall_time_s": 0.0}))
+        records=checkpoints.JsonRecords(dict(EMPTY_RECORDS)))
+
 
 
 def sample_arc(controller: Controller) -> List[int]:
@@ -155,9 +167,31 @@ def run(config: SearchConfig) -> Dict:
         distribute.remove_worker_dir(out, chief)
 
 
+@dataclasses.dataclass
+class Halves:
+    """The validation split cut in two (src/selection.py): `selection` chooses,
+    `report` is read once at the end; both as fixed batch lists."""
+    selection: data_lib.Split
+    report: data_lib.Split
+    selection_batches: selection.Batches
+    report_batches: selection.Batches
+
+
+def validation_halves(dataset, config: SearchConfig) -> Halves:
+    chosen, reported = selection.stratified_halves(dataset.valid, config.run.seed)
+    print(f"Validation split cut in two, stratified by class (seed {config.run.seed}): "
+          f"{len(chosen.labels)} selection images (rewards, lift, final selection), "
+          f"{len(reported.labels)} report images (read once, at the end)")
+    batch_size = config.data.eval_batch_size
+    return Halves(chosen, reported, selection.fixed_batches(chosen, batch_size),
+                  selection.fixed_batches(reported, batch_size))
+
+
 def _search(config: SearchConfig, dataset, summaries: RunSummaries,
             strategy: tf.distribute.Strategy, restore_dir: str) -> Dict:
     out, run_cfg = config.run.output_dir, config.run
+    start = time.time()
+    halves = validation_halves(dataset, config)
     state = build_state(config, strategy)
     print(f"Shared child has {state.child.num_params()} params (aux head excluded)")
     if distribute.is_distributed(strategy):
@@ -166,19 +200,27 @@ def _search(config: SearchConfig, dataset, summaries: RunSummaries,
     manager, restored = checkpoints.restore_or_start(
         state.checkpoint(), restore_dir, run_dir.CHECKPOINT_DIR,
         optimizers=[state.child_steps.optimizer], save_dir=None if restore_dir == out else out)
-    records = _restored_records(state, out)
+    records = dict(EMPTY_RECORDS, **state.records.get())
+    timer = PhaseTimer(records["time_split_s"], records["cpu_time_s"])
+    wall_before = records["wall_time_s"]
+
+    def note_time():
+        records.update(wall_time_s=wall_before + time.time() - start,
+                       time_split_s=timer.rounded(), cpu_time_s=timer.cpu_s())
+
     results = {}
     if restored:
         print(f"Resumed from {restored} at epoch {int(state.epoch)}, "
               f"baseline {float(state.reinforce.baseline):.6f}")
         results = _write_epoch_files(config, state, records)  # as of that checkpoint
-    wall_before, start = records["wall_time_s"], time.time()
     train_data = data_lib.TrainBatches(dataset.train, config.data)
+    timer.seconds["setup"] = timer.seconds.get("setup", 0.0) + time.time() - start
     if int(state.epoch) < run_cfg.num_epochs:  # trace up front, so the first ETA is right
-        tracing_start = time.time()
-        state.child_steps.warm_up(*next(iter(data_lib.eval_batches(dataset.train,
-                                                                    config.data.batch_size))))
-        print(f"Traced the shared child's compiled pieces in {time.time() - tracing_start:.1f}s")
+        with timer.phase("tracing"):
+            tracing_start = time.time()
+            state.child_steps.warm_up(*next(iter(data_lib.eval_batches(
+                dataset.train, config.data.batch_size))))
+            print(f"Traced the shared child's compiled pieces in {time.time() - tracing_start:.1f}s")
         run_dir.failpoint("traced")
     # An epoch is one pass over the training set, or steps_per_epoch batches.
     batches_per_epoch = run_cfg.steps_per_epoch or train_data.batches_per_pass
@@ -191,66 +233,87 @@ def _search(config: SearchConfig, dataset, summaries: RunSummaries,
         if not controller_in_charge(config.controller, epoch):
             print(f"Epoch {epoch + 1}: uniformly random arcs ("
                   f"{'random search' if config.controller.policy == 'random' else 'warm-up'})")
-        record.update(train_one_epoch(
-            lambda images, labels: child_step(state, images, labels, sampler),
-            distribute.distribute_batches(strategy, train_data.epoch(epoch, run_cfg.steps_per_epoch)),
-            batches_per_epoch, epoch, lr,
-            state.step, run_cfg.log_every, start, desc=f"epoch {epoch + 1} child",
-            summaries=summaries))
+        with timer.phase("child_steps"):
+            record.update(train_one_epoch(
+                lambda images, labels: child_step(state, images, labels, sampler),
+                distribute.distribute_batches(strategy, train_data.epoch(epoch, run_cfg.steps_per_epoch)),
+                batches_per_epoch, epoch, lr,
+                state.step, run_cfg.log_every, start, desc=f"epoch {epoch + 1} child",
+                summaries=summaries))
         record["step"] = int(state.step)
-        valid_iter = iter(data_lib.endless_shuffled_batches(
-            dataset.valid, config.data.eval_batch_size, seed=run_cfg.seed + epoch))
+        valid_iter = reward_batches(halves.selection, config, epoch)
         if trains_controller(config.controller, epoch):
-            record.update(_train_controller(state, valid_iter, config, start, summaries))
-        shown = _show_sampled_arcs(state, valid_iter, sampler)
-        records["arc_history"] += _score_arcs(state, shown, dataset.valid,
-                                              config.data.eval_batch_size, epoch + 1)
+            with timer.phase("controller"):
+                record.update(_train_controller(state, valid_iter, config, start, summaries))
+        with timer.phase("shown_arcs"):
+            _show_sampled_arcs(state, valid_iter, sampler)
+            del valid_iter  # used up: nothing of it runs on beside the next epoch's steps
         if (epoch + 1) % run_cfg.eval_every_epochs == 0 or epoch + 1 == run_cfg.num_epochs:
-            record.update(_evaluate(state, dataset, config.data.eval_batch_size, sampler))
-            record.update(measure_lift(state, dataset.valid, config, epoch))
+            with timer.phase("evaluation"):
+                record.update(_evaluate(state, halves.selection, dataset.test,
+                                        config.data.eval_batch_size, sampler))
+            with timer.phase("lift"):
+                scored, lift = _score_policy_arcs(state, halves, config, epoch)
+                records["arc_history"] += scored
+                record.update(lift)
         records["epochs"].append(record)
-        records["wall_time_s"] = wall_before + time.time() - start
-        state.epoch.assign(epoch + 1)
-        state.records.set(records)
-        run_dir.failpoint("before_checkpoint")
-        checkpoints.save(manager, epoch + 1)
-        run_dir.failpoint("after_checkpoint")
-        # Everything below is rewritten from the checkpoint on resume.
-        results = _write_epoch_files(config, state, records)
-        summaries.scalars({f"epoch/{key}": record.get(key) for key in EPOCH_SCALARS}, epoch + 1)
-        summaries.png("best_arc", os.path.join(out, "best_arc.png"), step=epoch + 1)
+        with timer.phase("checkpoints_and_files"):
+            note_time()
+            state.epoch.assign(epoch + 1)
+            state.records.set(records)
+            run_dir.failpoint("before_checkpoint")
+            checkpoints.save(manager, epoch + 1)
+            run_dir.failpoint("after_checkpoint")
+            # Everything below is rewritten from the checkpoint on resume.
+            results = _write_epoch_files(config, state, records)
+            summaries.scalars({f"epoch/{key}": record.get(key) for key in EPOCH_SCALARS}, epoch + 1)
+            if os.path.exists(os.path.join(out, "best_arc.png")):
+                summaries.png("best_arc", os.path.join(out, "best_arc.png"), step=epoch + 1)
+
+    if int(state.epoch) == run_cfg.num_epochs and config.controller.final_selection:
+        # Not checkpointed: a resumed (or rerun) finished search redoes it from the last
+        # checkpoint's weights and controller, and gets the same answer.
+        with timer.phase("final_selection"):
+            final = _final_selection(state, halves, config, records)
+        note_time()
+        results = _write_results(config, state, records, final)
+        _write_summary(config, results)
+    print(format_time_split(records["time_split_s"], records["wall_time_s"], records["cpu_time_s"]))
     return results
 
 
-def _restored_records(state: SearchState, out: str) -> Dict:
-    """The epoch records of the restored checkpoint (empty at a fresh start). A checkpoint
-    older than records in checkpoints gets them from the files, cut at its epoch."""
-    records = state.records.get()
-    epochs_done = int(state.epoch)
-    if len(records["epochs"]) < epochs_done:
-        history = run_dir.read_json(os.path.join(out, HISTORY_FILE), default={"epochs": []})
-        arc_history = run_dir.read_json(os.path.join(out, ARC_HISTORY_FILE), default=[])
-        previous = run_dir.read_json(os.path.join(out, run_dir.RESULTS_FILE), default={})
-        records = {"epochs": run_dir.up_to_epoch(history["epochs"], epochs_done),
-                   "arc_history": run_dir.up_to_epoch(arc_history, epochs_done),
-                   "wall_time_s": float(previous.get("wall_time_s", 0.0))}
-    return records
-
-
 def _write_epoch_files(config: SearchConfig, state: SearchState, records: Dict) -> Dict:
-    """best_arc.txt (and .png), arc_history.json, history.json, search.png and
-    results.json, from the records of the last checkpointed epoch; returns the results."""
+    """best_arc.txt (and .png, the best so far: progress only), arc_history.json,
+    history.json, search.png and results.json, from the records of the last
+    checkpointed epoch; returns the results."""
     out = config.run.output_dir
-    if not records["arc_history"]:
-        return {}  # a checkpoint from before records were kept, its files gone
-    best = max(records["arc_history"], key=lambda entry: entry["valid_accuracy"])
-    run_dir.write_text_atomic(os.path.join(out, BEST_ARC_FILE), best["arc"] + "\n")
     run_dir.write_json_atomic(os.path.join(out, ARC_HISTORY_FILE), records["arc_history"])
-    reporting.save_arc_picture(best["arc"], os.path.join(out, "best_arc.png"))
-    print(f"Best arc so far (valid accuracy {best['valid_accuracy']:.4f}, "
-          f"epoch {best['epoch']}): {best['arc']}")
-    _save_history(out, {"epochs": records["epochs"]})
-    return _write_results(config, state, best, records)
+    _save_history(out, {"epochs": records["epochs"]}, config.child.num_classes)
+    best = best_so_far(records["arc_history"])
+    if best is not None:
+        run_dir.write_text_atomic(os.path.join(out, BEST_ARC_FILE), best["arc"] + "\n")
+        reporting.save_arc_picture(best["arc"], os.path.join(out, "best_arc.png"))
+        print(f"Best arc so far (progress only, not the final choice: "
+              f"{best['selection_accuracy']:.4f} on the selection half with epoch "
+              f"{best['epoch']}'s weights): {best['arc']}")
+    return _write_results(config, state, records, final=None)
+
+
+def best_so_far(arc_history: List[Dict]) -> Optional[Dict]:
+    if not arc_history:
+        return None
+    return max(arc_history, key=lambda entry: entry["selection_accuracy"])
+
+
+def reward_batches(valid: data_lib.Split, config: SearchConfig, epoch: int):
+    """An iterator over exactly the shuffled selection batches this epoch uses: one per
+    controller reward, one per shown arc. Bounded, because an endless one kept filling
+    its prefetch buffer beside the child steps, and took seconds to shut down."""
+    ctrl = config.controller
+    needed = NUM_SHOWN_ARCS + (ctrl.train_steps * ctrl.num_aggregate
+                               if trains_controller(ctrl, epoch) else 0)
+    return iter(data_lib.endless_shuffled_batches(
+        valid, config.data.eval_batch_size, seed=config.run.seed + epoch).take(needed))
 
 
 def child_step(state: SearchState, images, labels, sampler: ArcSampler = None) -> Dict:
@@ -260,24 +323,71 @@ def child_step(state: SearchState, images, labels, sampler: ArcSampler = None) -
     return state.child_steps.train_step(images, labels, arc)
 
 
-def measure_lift(state: SearchState, valid: data_lib.Split, config: SearchConfig,
-                 epoch: int) -> Dict:
-    """The controller's lift: mean whole-validation accuracy of controller-sampled arcs
-    minus that of uniformly random arcs, both on the current shared weights."""
+def policy_arcs(state: SearchState, config: SearchConfig, epoch: int, stream: int,
+                count: int) -> List[List[int]]:
+    """`count` arcs of the search's policy: the controller's, or uniform ones under
+    --search_policy random (drawn from their own (seed, epoch, stream) generator)."""
+    if config.controller.policy == "random":
+        uniform = uniform_sampler(epoch_rng(config.run.seed, epoch, stream), config.child.num_cells)
+        return [uniform() for _ in range(count)]
+    return [sample_arc(state.controller) for _ in range(count)]
+
+
+def _score_policy_arcs(state: SearchState, halves: Halves, config: SearchConfig, epoch: int):
+    """(arc history entries, lift record): num_lift_arcs arcs of the policy scored on the
+    selection half; under the controller, as many uniform arcs on the same batches, and
+    the lift with its standard error and 95% interval."""
     n = config.controller.num_lift_arcs
     if n == 0:
+        return [], {}
+    count_correct = state.child_steps.count_correct
+    arcs = policy_arcs(state, config, epoch, stream=3, count=n)
+    images = len(halves.selection.labels)
+    if config.controller.policy == "random":
+        scores = selection.score_arcs(count_correct, arcs, halves.selection_batches)
+        print(f"policy arcs, mean selection accuracy {np.mean(scores):.4f} ({n} arcs); "
+              "controller_lift: n/a (--search_policy random: the policy is the uniform "
+              "distribution, there is nothing to compare it with)")
+        lift = {"policy_arc_scores": scores}
+    else:
+        uniform = uniform_sampler(epoch_rng(config.run.seed, epoch, 1), config.child.num_cells)
+        lift = selection.measure_lift(count_correct, arcs, [uniform() for _ in range(n)],
+                                      halves.selection_batches)
+        print(selection.format_lift(lift, n, images))
+        scores = lift["controller_arc_scores"]
+    scored = [{"epoch": epoch + 1, "arc": arc_lib.format_arc(arc), "selection_accuracy": score}
+              for arc, score in zip(arcs, scores)]
+    return scored, lift
+
+
+def _final_selection(state: SearchState, halves: Halves, config: SearchConfig,
+                     records: Dict) -> Dict:
+    """The cell chosen on the final weights: the best arcs seen, plus fresh ones from the
+    final policy, scored on the selection half; the winner reported on the other half."""
+    started = time.time()
+    fresh = policy_arcs(state, config, config.run.num_epochs, stream=2,
+                        count=config.controller.num_final_arcs)
+    candidates = selection.final_candidates(records["arc_history"], fresh)
+    if not candidates:
+        print("Final selection: no candidates (--num_lift_arcs 0 and --num_final_arcs 0)")
         return {}
-    batch_size = config.data.eval_batch_size
-    uniform = uniform_sampler(epoch_rng(config.run.seed, epoch, 1), config.child.num_cells)
-    controller_acc = float(np.mean([split_accuracy(state.child_steps, valid, batch_size,
-                                                   arc=sample_arc(state.controller))
-                                    for _ in range(n)]))
-    random_acc = float(np.mean([split_accuracy(state.child_steps, valid, batch_size, arc=uniform())
-                                for _ in range(n)]))
-    lift = controller_acc - random_acc
-    print(f"controller_valid_accuracy: {controller_acc:.4f} random_valid_accuracy: "
-          f"{random_acc:.4f} controller_lift: {lift:+.4f} ({n} arcs each, whole validation set)")
-    return dict(zip(LIFT_KEYS, (controller_acc, random_acc, lift)))
+    print(f"Final selection: {len(candidates)} candidates ({len(candidates) - len(fresh)} "
+          f"best seen in the search, the rest fresh from the final policy) on the final weights, "
+          f"{len(halves.selection.labels)} selection images")
+    final = selection.select_final(state.child_steps.count_correct, candidates,
+                                   halves.selection_batches, halves.report_batches)
+    run_dir.failpoint("final_selection")
+    out = config.run.output_dir
+    # results.json, written last by the caller, is what says the selection is done.
+    run_dir.write_json_atomic(os.path.join(out, FINAL_SELECTION_FILE), final)
+    run_dir.write_text_atomic(os.path.join(out, BEST_ARC_FILE), final["best_arc"] + "\n")
+    reporting.save_arc_picture(final["best_arc"], os.path.join(out, "best_arc.png"))
+    print(f"Final selection took {reporting.format_duration(time.time() - started)}. Best arc: "
+          f"{final['best_arc']}\n  selection accuracy {final['best_arc_selection_accuracy']:.4f} "
+          f"(the maximum of {len(candidates)} scores: biased upward)\n  report accuracy "
+          f"{final['best_arc_report_accuracy']:.4f} (the {len(halves.report.labels)} report "
+          "images, unseen by any choice: an unbiased estimate, on the shared weights)")
+    return final
 
 
 def controller_update(state: SearchState, valid_iter, ctrl) -> Dict:
@@ -344,10 +454,10 @@ def _train_controller(state: SearchState, valid_iter, config: SearchConfig, star
             "baseline": float(state.reinforce.baseline)}
 
 
-def _show_sampled_arcs(state: SearchState, valid_iter, sampler: ArcSampler) -> List[Dict]:
-    """Samples 10 arcs and prints each with its accuracy on one validation batch."""
+def _show_sampled_arcs(state: SearchState, valid_iter, sampler: ArcSampler) -> None:
+    """Samples 10 arcs and prints each with its accuracy on one validation batch (the
+    authors' progress display: one-batch figures, never used to choose)."""
     print(f"Here are {NUM_SHOWN_ARCS} architectures")
-    shown = []
     for _ in range(NUM_SHOWN_ARCS):
         arc = sampler()
         images, labels = next(valid_iter)
@@ -355,35 +465,25 @@ def _show_sampled_arcs(state: SearchState, valid_iter, sampler: ArcSampler) -> L
         normal, reduction = arc_lib.split_arc(arc)
         print(f"{arc_lib.format_arc(normal)}\n{arc_lib.format_arc(reduction)}\nval_acc={acc:.4f}")
         print("-" * 80)
-        shown.append({"arc": arc, "batch_accuracy": acc})
-    return shown
 
 
-def _score_arcs(state: SearchState, shown: List[Dict], valid: data_lib.Split, batch_size: int,
-                epoch: int) -> List[Dict]:
-    """Each arc of this epoch on the whole validation set (shared weights)."""
-    scored = []
-    for entry in shown:
-        acc = split_accuracy(state.child_steps, valid, batch_size, arc=entry["arc"])
-        scored.append({"epoch": epoch, "arc": arc_lib.format_arc(entry["arc"]),
-                       "valid_accuracy": acc, "batch_accuracy": entry["batch_accuracy"]})
-    return scored
-
-
-def _evaluate(state: SearchState, dataset, batch_size: int, sampler: ArcSampler) -> Dict:
-    valid_acc = split_accuracy(state.child_steps, dataset.valid, batch_size, sampler=sampler)
-    test_acc = split_accuracy(state.child_steps, dataset.test, batch_size, sampler=sampler)
-    print(f"valid_accuracy: {valid_acc:.4f}")
+def _evaluate(state: SearchState, valid: data_lib.Split, test: data_lib.Split, batch_size: int,
+              sampler: ArcSampler) -> Dict:
+    """The shared child's accuracy with a freshly sampled arc per batch (the authors'),
+    on the selection half and on the test split."""
+    valid_acc = split_accuracy(state.child_steps, valid, batch_size, sampler=sampler)
+    test_acc = split_accuracy(state.child_steps, test, batch_size, sampler=sampler)
+    print(f"valid_accuracy: {valid_acc:.4f} (selection half)")
     print(f"test_accuracy: {test_acc:.4f}")
     return {"valid_accuracy": valid_acc, "test_accuracy": test_acc}
 
 
-def _save_history(out: str, history: Dict) -> None:
+def _save_history(out: str, history: Dict, num_classes: int) -> None:
     run_dir.write_json_atomic(os.path.join(out, HISTORY_FILE), history)
     epochs = history["epochs"]
     evaluated = [e for e in epochs if "valid_accuracy" in e]
     with_controller = [e for e in epochs if "controller_mean_reward" in e]
-    lifted = [e for e in epochs if "controller_lift" in e]
+    lifted = [e for e in epochs if e.get("controller_lift") is not None]
     reporting.save_curves(os.path.join(out, "search.png"), {
         "child train accuracy": [(e["epoch"], e["train_accuracy"]) for e in epochs],
         "shared valid accuracy": [(e["epoch"], e["valid_accuracy"]) for e in evaluated],
@@ -391,23 +491,77 @@ def _save_history(out: str, history: Dict) -> None:
         "baseline": [(e["epoch"], e["baseline"]) for e in with_controller],
         "controller arcs, valid": [(e["epoch"], e["controller_valid_accuracy"]) for e in lifted],
         "random arcs, valid": [(e["epoch"], e["random_valid_accuracy"]) for e in lifted],
-        "controller lift": [(e["epoch"], e["controller_lift"]) for e in lifted]},
-        title="search (shared-child accuracies, not retrained ones)", ylabel="accuracy / reward")
+        "controller lift, 95% CI": [(e["epoch"], e["controller_lift"],
+                                     e.get("controller_lift_ci95")) for e in lifted]},
+        title="search (shared-child accuracies, not retrained ones)", ylabel="accuracy / reward",
+        hlines={"chance": 1.0 / num_classes})
 
 
-def _write_results(config: SearchConfig, state: SearchState, best: Dict, records: Dict) -> Dict:
-    results = {
-        "best_arc": best["arc"], "best_arc_valid_accuracy": best["valid_accuracy"],
-        "best_arc_epoch": best["epoch"], "epochs_done": int(state.epoch),
-        "num_epochs": config.run.num_epochs, "child_steps": int(state.step),
-        "search_policy": config.controller.policy,
+def _write_results(config: SearchConfig, state: SearchState, records: Dict,
+                   final: Optional[Dict]) -> Dict:
+    """results.json: the final selection's fields once it has run ("final_selection":
+    true), else the best arc so far as progress."""
+    results = {"final_selection": bool(final)}
+    if final:
+        results.update({key: final[key] for key in (
+            "best_arc", "best_arc_selection_accuracy", "best_arc_report_accuracy",
+            "final_candidates", "top_arcs")})
+    else:
+        best = best_so_far(records["arc_history"])
+        if best is not None:
+            results.update(best_arc=best["arc"], best_so_far_selection_accuracy=best["selection_accuracy"],
+                           best_so_far_epoch=best["epoch"])
+    results.update({
+        "epochs_done": int(state.epoch), "num_epochs": config.run.num_epochs,
+        "child_steps": int(state.step), "search_policy": config.controller.policy,
         "shared_child_params": state.child.num_params(),
         "baseline": float(state.reinforce.baseline),
         "wall_time_s": round(records["wall_time_s"], 2),
-    }
-    lifted = [e for e in records["epochs"] if "controller_lift" in e]
+        "time_split_s": records["time_split_s"],
+        "cpu_share": round(records["cpu_time_s"] / max(records["wall_time_s"], 1e-9), 3),
+    })
+    lifted = [e for e in records["epochs"] if "controller_valid_accuracy" in e]
     if lifted:  # the last evaluation's
         results.update({key: lifted[-1][key] for key in LIFT_KEYS})
+    elif config.controller.policy == "random":
+        results.update({key: None for key in LIFT_KEYS})
     results["flags"] = config.flags
     run_dir.write_json_atomic(os.path.join(config.run.output_dir, run_dir.RESULTS_FILE), results)
     return results
+
+
+def retrain_command(output_dir: str) -> str:
+    return ("python main_child_trainer.py --flagfile presets/cpu_final.flags "
+            f"--from_search {output_dir}")
+
+
+def _write_summary(config: SearchConfig, results: Dict) -> None:
+    """summary.md and the same lines in the log: the top arcs, the lift, the time, the
+    cell's picture and the command that retrains it."""
+    out = config.run.output_dir
+    lines = ["# Search summary", "", f"Best arc (`best_arc.txt`): `{results['best_arc']}`", "",
+             "![best cell](best_arc.png)", "",
+             f"Top {len(results['top_arcs'])} of {results['final_candidates']} candidates on the "
+             "final shared weights (selection half: chooses; report half: read once, unbiased):", "",
+             "| rank | arc | selection | report |", "|---|---|---|---|"]
+    lines += [f"| {rank} | `{entry['arc']}` | {entry['selection_accuracy']:.4f} | "
+              f"{entry['report_accuracy']:.4f} |"
+              for rank, entry in enumerate(results["top_arcs"], start=1)]
+    lines.append("")
+    if results.get("controller_lift") is not None:
+        low, high = results["controller_lift_ci95"]
+        lines.append(f"Controller lift over uniform arcs (last evaluation): "
+                     f"{results['controller_lift']:+.4f}, se {results['controller_lift_se']:.4f}, "
+                     f"95% CI [{low:+.4f}, {high:+.4f}]")
+    else:
+        lines.append("Controller lift: n/a (random search)")
+    lines += ["", f"Wall time {reporting.format_duration(results['wall_time_s'])} "
+              f"({results['wall_time_s']:.0f} s), CPU share {results['cpu_share']:.2f} cores:", "",
+              "| phase | seconds |", "|---|---|"]
+    lines += [f"| {name} | {seconds:.1f} |" for name, seconds in
+              sorted(results["time_split_s"].items(), key=lambda item: -item[1])]
+    lines += ["", "Retrain the best cell into the final model:", "", "```",
+              retrain_command(out), "```", ""]
+    text = "\n".join(lines)
+    run_dir.write_text_atomic(os.path.join(out, SUMMARY_FILE), text)
+    print(text)

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from src import data, image_cache
-from src.configs import DataConfig
+from src.configs import ConfigError, DataConfig
 from tests.conftest import ROOT
 
 
@@ -475,3 +475,162 @@ def test_bundled_data_loads():
     assert [len(s.labels) for s in (dataset.train, dataset.valid, dataset.test)] == [3500, 500, 1000]
     assert dataset.train.images.shape == (3500, 32, 32, 1) and dataset.train.images.dtype == np.uint8
     assert np.bincount(dataset.train.labels).tolist() == [350] * 10
+
+
+# ----------------------------------------------------------------------------
+# The border that crop and affine bring in: black, normalised
+
+
+def stats(channels):
+    mean = np.array([0.2, 0.5, 0.7][:channels], np.float32)
+    std = np.array([0.3, 0.25, 0.1][:channels], np.float32)
+    return mean, std
+
+
+def constant_split(level, n, channels, size=10):
+    """n images of `level` in every pixel, with the statistics of stats(channels)."""
+    mean, std = stats(channels)
+    return data.Split(images=np.full((n, size, size, channels), level, np.uint8),
+                      labels=np.zeros(n, np.int32), paths=[""] * n, mean=mean, std=std)
+
+
+def test_normalised_black_is_what_normalise_makes_of_0():
+    mean, std = stats(3)
+    black = data.normalised_level(0, mean, std, 3)
+    np.testing.assert_array_equal(black, data.normalise(tf.zeros([1, 1, 1, 3], tf.uint8), mean, std)[0, 0, 0])
+    np.testing.assert_allclose(black, -mean / std, rtol=1e-6)
+    np.testing.assert_array_equal(data.normalised_level(0, None, None, 1), [0.0])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_crop_pads_with_normalised_black_per_channel(channels):
+    split = constant_split(255, 16, channels)
+    black = data.normalised_level(0, split.mean, split.std, channels)
+    white = data.normalised_level(255, split.mean, split.std, channels)
+    config = DataConfig(batch_size=16, random_crop=True, random_flip=False)
+    images, _ = collect(data.TrainBatches(split, config).epoch(0))
+    is_black = np.all(images == black, axis=-1)  # [N, H, W]: every channel its own black
+    is_white = np.all(np.isclose(images, white, rtol=1e-6), axis=-1)
+    assert np.all(is_black | is_white)
+    assert is_black.any() and is_white.any()
+    assert not np.any(np.all(images == 0, axis=-1))  # not the mean grey of a 0 pad
+
+
+# ----------------------------------------------------------------------------
+# Random affine
+
+
+def affine_inputs(channels=3, n=16, size=12):
+    """Normalised images of pixels in 50..200 (never black), their black and their maximum."""
+    mean, std = stats(channels)
+    pixels = np.random.default_rng(0).integers(50, 201, (n, size, size, channels), dtype=np.uint8)
+    images = data.normalise(tf.constant(pixels), mean, std)
+    return images, data.normalised_level(0, mean, std, channels), images.numpy().max(axis=(0, 1, 2))
+
+
+def test_random_affine_is_off_by_default():
+    assert DataConfig().random_affine is False
+
+
+def test_random_affine_is_seeded_and_keeps_shape_and_dtype():
+    images, black, _ = affine_inputs()
+    seed = tf.constant([3, 4], tf.int64)
+    out = data.random_affine(images, seed, 20.0, 0.2, 0.2, black)
+    assert out.shape == images.shape and out.dtype == tf.float32
+    np.testing.assert_array_equal(out, data.random_affine(images, seed, 20.0, 0.2, 0.2, black))
+    other = data.random_affine(images, tf.constant([3, 5], tf.int64), 20.0, 0.2, 0.2, black)
+    assert not np.allclose(out, other)
+    assert not np.allclose(out, images)
+    # Each image gets its own draw: identical inputs come out different.
+    same = data.random_affine(tf.repeat(images[:1], 8, axis=0), seed, 20.0, 0.2, 0.2, black).numpy()
+    assert not np.allclose(same[0], same[1])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_random_affine_stays_in_range_and_fills_normalised_black(channels):
+    images, black, top = affine_inputs(channels)
+    out = data.random_affine(images, tf.constant([1, 2], tf.int64), 30.0, 0.2, 0.2, black).numpy()
+    tolerance = 1e-5
+    assert np.all(out >= black - tolerance) and np.all(out <= top + tolerance)  # per channel
+    border = np.all(np.isclose(out, black, atol=tolerance), axis=-1)  # [N, H, W]
+    assert border.any()  # the corners that came from outside: each channel's own black
+
+
+def test_random_affine_with_all_magnitudes_0_is_the_identity():
+    images, black, _ = affine_inputs()
+    seed = tf.constant([7, 8], tf.int64)
+    np.testing.assert_allclose(data.random_affine(images, seed, 0.0, 0.0, 0.0, black), images,
+                               atol=1e-5)
+    np.testing.assert_array_equal(data.random_affine(images, seed, 0.0, 0.0, 0.0), images)
+
+
+def test_random_affine_in_the_pipeline_leaves_the_other_draws_alone():
+    split = constant_split(0, 12, 3)
+    split.images[:] = np.random.default_rng(1).integers(0, 256, split.images.shape, dtype=np.uint8)
+    base = DataConfig(batch_size=4, random_crop=True, random_flip=True, cutout_size=3, seed=2)
+    plain = collect(data.TrainBatches(split, base).epoch(1))[0]
+    no_op = dataclasses.replace(base, random_affine=True, affine_rotate_deg=0.0, affine_scale=0.0,
+                                affine_shift=0.0)
+    np.testing.assert_allclose(collect(data.TrainBatches(split, no_op).epoch(1))[0], plain, atol=1e-5)
+    affine = dataclasses.replace(base, random_affine=True)
+    moved = collect(data.TrainBatches(split, affine).epoch(1))[0]
+    assert moved.shape == plain.shape and not np.allclose(moved, plain)
+    np.testing.assert_array_equal(collect(data.TrainBatches(split, affine).epoch(1))[0], moved)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(affine_rotate_deg=-1.0), "rotate_deg"), (dict(affine_rotate_deg=181.0), "rotate_deg"),
+    (dict(affine_scale=-0.1), "affine_scale"), (dict(affine_scale=1.0), "affine_scale"),
+    (dict(affine_shift=-0.1), "affine_shift"), (dict(affine_shift=0.5), "affine_shift")])
+def test_bad_affine_values_are_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        DataConfig(**overrides)
+
+
+# ----------------------------------------------------------------------------
+# Training on train + valid (--train_on_valid)
+
+
+def test_train_on_valid_merges_valid_into_train_and_leaves_test_alone(tmp_path):
+    rng = np.random.default_rng(0)
+    classes = {"x": [rng.integers(0, 256, (8, 8), dtype=np.uint8) for _ in range(3)], "y": [grey(50)]}
+    valid = {"x": [grey(7)], "y": [grey(90), grey(91)]}
+    dirs = make_dataset_dirs(tmp_path, classes, valid=valid)
+    config = config_for(dirs, img_size=8, cache_dir=str(tmp_path / "cache"))
+    plain = data.load_dataset(config, verbose=False)
+    merged = data.load_dataset(dataclasses.replace(config, train_on_valid=True), verbose=False,
+                               retraining=True)
+    assert len(merged.train.labels) == len(plain.train.labels) + len(plain.valid.labels) == 7
+    assert merged.train.paths == plain.train.paths + plain.valid.paths
+    assert set(plain.valid.paths) <= set(merged.train.paths)
+    np.testing.assert_array_equal(merged.train.labels,
+                                  np.concatenate([plain.train.labels, plain.valid.labels]))
+    np.testing.assert_array_equal(merged.train.images,
+                                  np.concatenate([plain.train.images, plain.valid.images]))
+    for got, expected in zip((merged.mean, merged.std), data.channel_mean_std(
+            np.concatenate([plain.train.images, plain.valid.images]))):
+        np.testing.assert_array_equal(got, expected)  # statistics of the merged training set
+    assert merged.test.paths == plain.test.paths
+    np.testing.assert_array_equal(merged.test.images, plain.test.images)
+    assert len(cache_files(tmp_path / "cache", "train-valid-*.npy")) == 1
+
+
+def test_train_on_valid_is_refused_outside_retraining(tmp_path):
+    dirs = make_dataset_dirs(tmp_path, three_grey_classes())
+    with pytest.raises(ConfigError, match="train_on_valid.*retraining only"):
+        data.load_dataset(config_for(dirs, train_on_valid=True), verbose=False)
+
+
+def test_retraining_on_valid_reports_no_valid_accuracy(tiny_folders, tmp_path, capsys):
+    from src import fixed_train
+    from tests.test_end_to_end import fixed_config
+    config = fixed_config(tiny_folders, tmp_path / "final", num_epochs=1)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, train_on_valid=True))
+    results = fixed_train.run(config)
+    assert results["valid_accuracy"] is None and results["test_accuracy"] is not None
+    assert results["num_train_images"] == 3 * (16 + 4)
+    with open(tmp_path / "final" / "results.json") as f:
+        assert '"valid_accuracy": null' in f.read()
+    assert fixed_train.VALID_TRAINED_ON in capsys.readouterr().out
+    assert fixed_train.VALID_TRAINED_ON == ("valid_accuracy: n/a (--train_on_valid: the "
+                                            "validation images are trained on)")

@@ -19,7 +19,7 @@ from tests.test_quiet_logs import noisy_lines
 TINY = ("--img_size", "16", "--batch_size", "12", "--child_num_layers", "1",
         "--child_out_filters", "4", "--log_every", "1", "--num_epochs", "1")
 SEARCH = ("--child_steps_per_epoch", "2", "--controller_train_steps", "1",
-          "--controller_num_aggregate", "3", "--num_lift_arcs", "1")
+          "--controller_num_aggregate", "3", "--num_lift_arcs", "2", "--num_final_arcs", "2")
 # Deterministic steps: dropout and drop-path draw different masks on 2 replicas than on 1.
 NO_DROPOUT = ("--child_keep_prob", "1", "--child_drop_path_keep_prob", "1")
 RETRAIN, SEARCH_SCRIPT = "main_child_trainer.py", "main_controller_child_trainer.py"
@@ -104,7 +104,8 @@ def test_mirrored_search(tiny_folders, tmp_path):
     assert "Strategy: mirrored, 2 replicas" in stdout and "ctrl_step=1" in stdout
     results = json.loads(read(out / "results.json"))
     assert results["epochs_done"] == 1 and results["child_steps"] == 2
-    assert len(json.loads(read(out / "arc_history.json"))) == 10
+    assert len(json.loads(read(out / "arc_history.json"))) == 2  # --num_lift_arcs
+    assert results["final_selection"] is True
 
 
 @pytest.mark.parametrize("script, args", [(RETRAIN, ()), (SEARCH_SCRIPT, SEARCH)],

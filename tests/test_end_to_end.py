@@ -108,9 +108,12 @@ def search_config(folders, output_dir, num_epochs):
     return SearchConfig(
         data=data_config(folders), child=child_config(),
         optim=OptimConfig(lr_max=0.05, lr_min=0.0005, l2_reg=1e-4),
-        controller=ControllerConfig(train_steps=2, num_aggregate=2),
+        controller=ControllerConfig(train_steps=2, num_aggregate=2, num_lift_arcs=3,
+                                    num_final_arcs=4),
         run=RunConfig(output_dir=str(output_dir), num_epochs=num_epochs, log_every=2),
-        flags={"test": True})
+        # What the search script would record: the data flags --from_search reads back.
+        flags={"train_data_dir": str(folders / "train"), "val_data_dir": str(folders / "valid"),
+               "test_data_dir": str(folders / "test"), "img_size": 16, "channel": 1})
 
 
 def run_script(script, *args):
@@ -125,9 +128,18 @@ def test_search_writes_best_arc_retrains_it_and_resumes(tiny_folders, tmp_path):
     best = read(out / "best_arc.txt").strip()
     arc_lib.parse_arc(best)  # one valid line of 40 ints
     assert best == first["best_arc"]
+    assert first["final_selection"] is True
     history = json.loads(read(out / "arc_history.json"))
-    assert len(history) == 10 and best in [entry["arc"] for entry in history]
-    assert max(entry["valid_accuracy"] for entry in history) == first["best_arc_valid_accuracy"]
+    assert len(history) == 3  # the policy's arcs of the one evaluation
+    final = json.loads(read(out / "final_selection.json"))
+    scores = {entry["arc"]: entry["selection_accuracy"] for entry in final["candidates"]}
+    assert len(scores) == first["final_candidates"] <= 3 + 4
+    assert all(entry["arc"] in scores for entry in history)  # every arc seen is a candidate
+    assert first["best_arc_selection_accuracy"] == max(scores.values()) == scores[best]
+    assert [entry["arc"] for entry in first["top_arcs"]][0] == best
+    assert 0.0 <= first["best_arc_report_accuracy"] <= 1.0
+    summary = read(out / "summary.md")
+    assert best in summary and "--from_search" in summary and "best_arc.png" in summary
     log = read(out / "stdout")
     assert "Here are 10 architectures" in log and "ctrl_step=" in log and "valid_accuracy:" in log
     events = tensorboard_events(out)
@@ -138,11 +150,8 @@ def test_search_writes_best_arc_retrains_it_and_resumes(tiny_folders, tmp_path):
         assert tag in events, tag
     assert events["epoch/controller_lift"][0][1] == pytest.approx(first["controller_lift"])
 
-    # main_child_trainer.py accepts best_arc.txt.
-    retrain = run_script("main_child_trainer.py", "--child_fixed_arc_file", str(out / "best_arc.txt"),
-                         "--train_data_dir", str(tiny_folders / "train"),
-                         "--val_data_dir", str(tiny_folders / "valid"),
-                         "--test_data_dir", str(tiny_folders / "test"), "--img_size", "16",
+    # main_child_trainer.py retrains it from the search folder, on the search's data.
+    retrain = run_script("main_child_trainer.py", "--from_search", str(out),
                          "--child_num_layers", "2", "--child_out_filters", "4", "--batch_size", "12",
                          "--num_epochs", "1", "--output_dir", str(tmp_path / "retrain"))
     assert retrain.returncode == 0, retrain.stderr[-2000:]
@@ -154,7 +163,7 @@ def test_search_writes_best_arc_retrains_it_and_resumes(tiny_folders, tmp_path):
     resumed = re.search(r"Resumed from .* at epoch (\d+), baseline (-?[\d.]+)", read(out / "stdout"))
     assert resumed and resumed.group(1) == "1"
     assert float(resumed.group(2)) == pytest.approx(first["baseline"], abs=1e-6)
-    assert len(json.loads(read(out / "arc_history.json"))) == 20
+    assert len(json.loads(read(out / "arc_history.json"))) == 2 * 3
 
 
 @pytest.mark.parametrize("args, message", [

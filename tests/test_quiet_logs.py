@@ -48,7 +48,7 @@ def test_noisy_lines_keeps_warnings_and_drops_startup_lines():
     ("main_controller_child_trainer.py", ["--child_steps_per_epoch", "2",
                                           "--controller_train_steps", "1",
                                           "--controller_num_aggregate", "2",
-                                          "--num_lift_arcs", "1"]),
+                                          "--num_lift_arcs", "2", "--num_final_arcs", "2"]),
     ("main_child_trainer.py", []),
 ], ids=["search", "retrain"])
 def test_tiny_run_prints_no_warning(script, args, tiny_folders, tmp_path):

@@ -26,7 +26,7 @@ from tests.test_end_to_end import fixed_config, read
 TINY = ("--img_size", "16", "--batch_size", "12", "--child_num_layers", "1",
         "--child_out_filters", "4", "--log_every", "1", "--seed", "5")
 SEARCH = ("--child_steps_per_epoch", "2", "--controller_train_steps", "2",
-          "--controller_num_aggregate", "2", "--num_lift_arcs", "1")
+          "--controller_num_aggregate", "2", "--num_lift_arcs", "2", "--num_final_arcs", "2")
 
 
 def data_flags(folders):
@@ -57,24 +57,29 @@ def checkpointed_epoch(out) -> int:
 
 def assert_consistent(out, search: bool):
     """Every output file parses; each epoch is recorded once, none past the checkpoint;
-    best_arc.txt names an arc scored in a checkpointed epoch."""
+    best_arc.txt names an arc scored in a checkpointed epoch, or a candidate of the final
+    selection; results.json claims the final selection only once its files are there."""
     done = checkpointed_epoch(out)
     if os.path.exists(out / "history.json"):
         epochs = [e["epoch"] for e in json.loads(read(out / "history.json"))["epochs"]]
         assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) <= done
-    if os.path.exists(out / "results.json"):
-        json.loads(read(out / "results.json"))
+    results = json.loads(read(out / "results.json")) if os.path.exists(out / "results.json") else {}
     if search and os.path.exists(out / "best_arc.txt"):
         best = read(out / "best_arc.txt").strip()
         arc_lib.parse_arc(best)
         scored = json.loads(read(out / "arc_history.json"))
-        assert any(e["arc"] == best and e["epoch"] <= done for e in scored)
+        final = (json.loads(read(out / "final_selection.json"))
+                 if os.path.exists(out / "final_selection.json") else {"candidates": []})
+        assert (any(e["arc"] == best and e["epoch"] <= done for e in scored)
+                or best in [e["arc"] for e in final["candidates"]])
+        if results.get("final_selection"):
+            assert best == results["best_arc"] == final["best_arc"]
 
 
 @pytest.mark.parametrize("script, extra, points, epochs", [
     ("main_controller_child_trainer.py", SEARCH,
      ["traced", "child_step@2", "controller_update", "before_checkpoint@2", "after_checkpoint",
-      "replace best_arc.txt@2"], 3),
+      "replace best_arc.txt@2", "final_selection"], 3),
     ("main_child_trainer.py", (),
      ["child_step@3", "before_checkpoint@2", "after_checkpoint", "replace results.json@2"], 3),
 ])

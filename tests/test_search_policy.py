@@ -66,10 +66,17 @@ def test_random_search_never_trains_the_controller_and_samples_every_op(tiny_fol
     assert results["search_policy"] == "random"
     assert_same_weights(trained_controller(config), Controller(config.controller))
     assert "ctrl_step=" not in read(out / "stdout")
-    # Its candidates (the best arc among them) are uniformly random arcs: every op shows up.
-    arcs = [arc_lib.parse_arc(entry["arc"]) for entry in json.loads(read(out / "arc_history.json"))]
-    assert len(arcs) == 20 and results["best_arc"] in [arc_lib.format_arc(a) for a in arcs]
+    # Its arcs, and the final candidates (the best arc among them), are uniformly random:
+    # every op shows up.
+    history = json.loads(read(out / "arc_history.json"))
+    assert len(history) == 2 * 2  # 2 arcs of the policy at each of the 2 evaluations
+    candidates = [entry["arc"] for entry in json.loads(read(out / "final_selection.json"))["candidates"]]
+    assert results["best_arc"] in candidates and len(candidates) == results["final_candidates"]
+    arcs = [arc_lib.parse_arc(text) for text in candidates]
     assert {op for arc in arcs for op in arc[1::2]} == set(range(arc_lib.NUM_BRANCHES))
+    # Nothing to compare the policy with: the lift is absent, and the log says why.
+    assert results["controller_lift"] is None and results["controller_lift_ci95"] is None
+    assert "controller_lift: n/a (--search_policy random" in read(out / "stdout")
 
 
 def test_uniform_sampler_covers_every_input_and_op_evenly():
@@ -88,11 +95,15 @@ def test_uniform_sampler_covers_every_input_and_op_evenly():
 def test_the_lift_is_written_to_results_history_and_the_log(tiny_folders, tmp_path):
     out = tmp_path / "lift"
     results = search.run(tiny_search(tiny_folders, out, num_epochs=1))
-    for key in ("controller_valid_accuracy", "random_valid_accuracy", "controller_lift"):
-        assert 0.0 <= abs(results[key]) <= 1.0
-    assert results["controller_lift"] == pytest.approx(
-        results["controller_valid_accuracy"] - results["random_valid_accuracy"])
     record = json.loads(read(out / "history.json"))["epochs"][-1]
+    # The per-arc scores are kept, and the summary figures are theirs.
+    policy, uniform = record["controller_arc_scores"], record["random_arc_scores"]
+    assert len(policy) == len(uniform) == 2
+    assert results["controller_valid_accuracy"] == pytest.approx(np.mean(policy))
+    assert results["random_valid_accuracy"] == pytest.approx(np.mean(uniform))
+    assert results["controller_lift"] == pytest.approx(np.mean(policy) - np.mean(uniform))
+    low, high = results["controller_lift_ci95"]
+    assert low <= results["controller_lift"] <= high and results["controller_lift_se"] >= 0
     assert record["controller_lift"] == results["controller_lift"]
     assert json.loads(read(out / "results.json"))["controller_lift"] == results["controller_lift"]
     assert "controller_lift: " in read(out / "stdout")
