@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import sys
 from typing import Callable, Container, Dict, Tuple
 
 from absl import app, flags, logging
 
 from src import data, image_cache
-from src.arc import ArcError, format_arc, random_arc
+from src.arc import ArcError
 from src.configs import ChildConfig, ConfigError, DataConfig, OptimConfig, RunConfig
 from src.data import DataError
 from src.distribute import WorkerLost
@@ -52,10 +51,6 @@ def define_common_flags(*, output_dir: str, num_epochs: int, num_layers: int, ou
                         "--data_dir). Lists already there are used as they are, e.g. give the "
                         "search's OUTPUT_DIR/splits to retrain on its split. Empty = "
                         "OUTPUT_DIR/splits.")
-    flags.DEFINE_boolean("train_on_valid", False, "Retraining only: train the final model on "
-                         "train + valid, as the authors' final training does. The validation "
-                         "accuracy is then not available (reported as n/a / null); the test "
-                         "split measures the model. The search refuses it.")
     flags.DEFINE_integer("channel", 1, "1 reads images grey (MNIST), 3 in colour (CIFAR-10).")
     flags.DEFINE_integer("img_size", 32, "Every image is resized to img_size x img_size.")
     flags.DEFINE_integer("n_aug_img", 1, "Offline augmentation: the training set becomes "
@@ -115,6 +110,10 @@ def define_common_flags(*, output_dir: str, num_epochs: int, num_layers: int, ou
     flags.DEFINE_float("collective_timeout_s", 300.0, "--strategy multi_worker: a worker that "
                        "does not answer within this many seconds is taken as dead, and the "
                        "others stop with an error instead of waiting forever.")
+    flags.DEFINE_string("mixed_precision", "off", "off, float16 or bfloat16: compute the "
+                        "child in that dtype, with float32 variables, BN statistics and logits "
+                        "(Keras's mixed policies); float16 adds dynamic loss scaling. For GPUs; "
+                        "on a CPU it is slower.")
 
 
 def define_search_only_flags() -> None:
@@ -130,7 +129,11 @@ def define_search_only_flags() -> None:
 
 
 def define_retrain_only_flags() -> None:
-    """Drop path and sync BN (the fixed child only)."""
+    """Drop path, sync BN and training on train + valid (the fixed child only)."""
+    flags.DEFINE_boolean("train_on_valid", False, "Train the final model on train + valid, as "
+                         "the authors' final training does. The validation accuracy is then "
+                         "not available (reported as n/a / null); the test split measures the "
+                         "model.")
     flags.DEFINE_float("child_drop_path_keep_prob", 0.6, "Drop-path keep probability of the last "
                        "layer at the end of training (fixed arcs only, as the authors).")
     flags.DEFINE_boolean("sync_batch_norm", False, "Under a multi-device strategy, BN "
@@ -202,7 +205,7 @@ def child_config() -> ChildConfig:
         channel=FLAGS.channel, img_size=FLAGS.img_size, num_layers=FLAGS.child_num_layers,
         num_cells=FLAGS.child_num_cells, out_filters=FLAGS.child_out_filters,
         num_reductions=FLAGS.child_num_reductions, use_aux_heads=FLAGS.child_use_aux_heads,
-        keep_prob=FLAGS.child_keep_prob, **one_script)
+        keep_prob=FLAGS.child_keep_prob, mixed_precision=FLAGS.mixed_precision, **one_script)
 
 
 def optim_config() -> OptimConfig:
@@ -229,7 +232,7 @@ def flag_values() -> dict:
 
 
 # ----------------------------------------------------------------------------
-# Retraining: --child_fixed_arc random and --from_search (pure: main_child_trainer.py
+# Retraining: --from_search (pure: main_child_trainer.py
 # reads and sets the flags)
 
 # The search's flags a retrain --from_search takes unless it is given them: its data, the
@@ -249,11 +252,6 @@ def check_one_arc_source(from_search: str, arc: str, arc_file: str) -> None:
     if len(given) > 1:
         raise ArcError(f"give one of --from_search, --child_fixed_arc and "
                        f"--child_fixed_arc_file, not {' and '.join(given)}")
-
-
-def random_arc_text(seed: int, num_cells: int) -> str:
-    """A uniformly random arc, the same for the same seed (--child_fixed_arc random)."""
-    return format_arc(random_arc(random.Random(f"random-arc/{seed}"), num_cells))
 
 
 def read_finished_search(directory: str) -> Tuple[str, Dict]:

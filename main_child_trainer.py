@@ -13,7 +13,7 @@ from absl import app, flags  # noqa: E402
 
 import cli_common  # noqa: E402
 from src import fixed_train
-from src.arc import DEFAULT_ARC, ArcError
+from src.arc import DEFAULT_ARC, ArcError, seeded_random_arc
 from src.configs import FixedTrainConfig
 
 cli_common.define_common_flags(output_dir="output/child", num_epochs=630, num_layers=15,
@@ -48,7 +48,7 @@ def arc_from_flags() -> str:
             raise ArcError(f"cannot read --child_fixed_arc_file: {error.strerror}: "
                            f"{FLAGS.child_fixed_arc_file}") from None
     if FLAGS.child_fixed_arc == RANDOM_ARC:
-        arc = cli_common.random_arc_text(FLAGS.seed, FLAGS.child_num_cells)
+        arc = seeded_random_arc(FLAGS.seed, FLAGS.child_num_cells)
         print(f"Random arc (seed {FLAGS.seed}): {arc}")
         return arc
     return FLAGS.child_fixed_arc or DEFAULT_ARC

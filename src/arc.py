@@ -101,6 +101,12 @@ def random_arc(rng: random.Random, num_cells: int = NUM_CELLS) -> Tuple[int, ...
     return tuple(arc)
 
 
+def seeded_random_arc(seed: int, num_cells: int = NUM_CELLS) -> str:
+    """The uniformly random arc of `seed` (main_child_trainer.py --child_fixed_arc random,
+    tools/rank_fidelity.py's random baselines): the same for the same seed."""
+    return format_arc(random_arc(random.Random(f"random-arc/{seed}"), num_cells))
+
+
 def warm_up_arcs(num_cells: int = NUM_CELLS) -> List[Tuple[int, ...]]:
     """Two arcs that between them run every op on every kind of input in both cells,
     with different numbers of concatenated nodes: enough to trace every compiled

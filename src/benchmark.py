@@ -3,6 +3,7 @@
     python -m src.benchmark           # default search config, a few minutes on 2 cores
     python -m src.benchmark --quick   # a small configuration, under a minute (smoke run)
     python -m src.benchmark --deterministic   # the same with op determinism on
+    python -m src.benchmark --mixed_precision bfloat16   # the child in bfloat16 (GPUs)
 
 The sampled-op search steps and controller updates run in a process of their
 own (so peak_rss_mb and startup_s are theirs alone); the all-ops reference
@@ -53,9 +54,10 @@ class Plan:
     ctrl_steps: int = 3
     all_ops_steps: int = 5
     fixed_steps: int = 5
+    mixed_precision: str = "off"  # ChildConfig.mixed_precision of both children
 
 
-QUICK = Plan(batch_size=16, img_size=16, search_layers=2, search_filters=8, fixed_layers=3,
+QUICK = Plan(batch_size=16, img_size=16, search_layers=1, search_filters=8, fixed_layers=1,
              fixed_filters=8, search_steps=2, ctrl_steps=1, all_ops_steps=1, fixed_steps=1)
 # presets/cpu_search.flags and presets/cpu_final.flags (search and fixed sizes).
 CPU_PRESET = Plan(batch_size=64, img_size=28, search_layers=2, search_filters=16, fixed_layers=6,
@@ -136,7 +138,8 @@ def search_config(plan: Plan, recompute: str = "auto") -> SearchConfig:
         data=DataConfig(batch_size=plan.batch_size, eval_batch_size=plan.batch_size),
         child=ChildConfig(num_classes=NUM_CLASSES, channel=CHANNELS, img_size=plan.img_size,
                           num_layers=plan.search_layers, out_filters=plan.search_filters,
-                          keep_prob=0.9, recompute=recompute),
+                          keep_prob=0.9, recompute=recompute,
+                          mixed_precision=plan.mixed_precision),
         optim=OptimConfig(lr_max=0.05, lr_min=0.0005, l2_reg=1e-4),
         controller=ControllerConfig(), run=RunConfig())
 
@@ -206,6 +209,7 @@ def measure_sampled_search(plan: Plan, recompute: str = "auto") -> dict:
         "startup_s": startup,
         "traces_after_warmup": tracing_count(state) - traces,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_device_mb": peak_device_mb(),
         "shared_child_params": state.child.num_params(),
         "recompute": state.child.recompute,
     }
@@ -227,7 +231,8 @@ def measure_all_ops_search(plan: Plan) -> float:
 def fixed_steps(plan: Plan) -> FixedChildSteps:
     """The reference arc (default: 15 layers, 16 filters, 32x32x1, the final model)."""
     config = ChildConfig(num_classes=NUM_CLASSES, channel=CHANNELS, img_size=plan.img_size,
-                         num_layers=plan.fixed_layers, out_filters=plan.fixed_filters)
+                         num_layers=plan.fixed_layers, out_filters=plan.fixed_filters,
+                         mixed_precision=plan.mixed_precision)
     model = FixedChild(config, arc_lib.parse_arc(arc_lib.DEFAULT_ARC))
     return FixedChildSteps(model, OptimConfig(), [plan.img_size, plan.img_size, CHANNELS])
 
@@ -250,6 +255,13 @@ def measure_fixed_child(plan: Plan):
             median_time(eval_forward, plan.fixed_steps, warmup=1))
 
 
+def peak_device_mb():
+    """Peak memory TensorFlow allocated on the first GPU so far, in MB; None without one."""
+    if not tf.config.list_physical_devices("GPU"):
+        return None
+    return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2 ** 20
+
+
 def device_name() -> str:
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
@@ -263,11 +275,29 @@ def run_sampled_worker(args, recompute: str, preset: bool = False) -> dict:
     command = [sys.executable, "-m", "src.benchmark", "--worker", f"--recompute={recompute}"]
     command += [f"--{name}" for name in ("quick", "deterministic") if getattr(args, name)]
     command += ["--cpu_preset"] if preset else []
+    command += [f"--mixed_precision={args.mixed_precision}"]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         sys.stderr.write(result.stderr[-3000:])
         raise SystemExit(f"benchmark worker failed with exit code {result.returncode}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def add_references(args, plan: Plan, figures: dict) -> None:
+    """The search step with the other recompute setting (another process) and with
+    all ops computed (this one), into figures."""
+    chosen = "on" if figures["recompute"] else "off"
+    other_setting = "off" if chosen == "on" else "on"
+    other = run_sampled_worker(args, other_setting)
+    for setting, result in ((chosen, figures), (other_setting, other)):
+        figures[f"search_step_recompute_{setting}_s"] = result["search_step_s"]
+        figures[f"peak_rss_recompute_{setting}_mb"] = result["peak_rss_mb"]
+    figures["traces_after_warmup"] += other["traces_after_warmup"]
+    print(f"  search step {figures['search_step_s']:.3f} s (recompute {chosen}), "
+          f"{other['search_step_s']:.3f} s (recompute {other_setting}); all-ops reference ...",
+          flush=True)
+    figures["search_step_all_ops_s"] = measure_all_ops_search(plan)
+    print(f"  all-ops step {figures['search_step_all_ops_s']:.3f} s", flush=True)
 
 
 def main(argv=None) -> None:
@@ -281,30 +311,31 @@ def main(argv=None) -> None:
                              "(auto), or forced; the other setting is timed too")
     parser.add_argument("--skip_presets", action="store_true",
                         help="leave out the CPU preset sizes (presets/cpu_*.flags)")
+    parser.add_argument("--skip_references", action="store_true",
+                        help="leave out the other recompute setting and the all-ops reference "
+                             "(time the sampled search and the fixed child only)")
+    parser.add_argument("--mixed_precision", choices=("off", "float16", "bfloat16"),
+                        default="off", help="the children's --mixed_precision")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cpu_preset", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    plan = QUICK if args.quick else Plan()
+    plan = dataclasses.replace(QUICK if args.quick else Plan(),
+                               mixed_precision=args.mixed_precision)
     if args.deterministic:
         tf.config.experimental.enable_op_determinism()
     if args.worker:
-        print(json.dumps(measure_sampled_search(CPU_PRESET if args.cpu_preset else plan,
-                                                args.recompute)))
+        worker_plan = CPU_PRESET if args.cpu_preset else plan
+        print(json.dumps(measure_sampled_search(
+            dataclasses.replace(worker_plan, mixed_precision=args.mixed_precision),
+            args.recompute)))
         return
     print(f"benchmark: {plan}; sampled-op search in a separate process ...", flush=True)
     figures = run_sampled_worker(args, args.recompute)
-    chosen = "on" if figures["recompute"] else "off"
-    other = run_sampled_worker(args, "off" if chosen == "on" else "on")
-    for setting, result in ((chosen, figures), ("off" if chosen == "on" else "on", other)):
-        figures[f"search_step_recompute_{setting}_s"] = result["search_step_s"]
-        figures[f"peak_rss_recompute_{setting}_mb"] = result["peak_rss_mb"]
-    figures["traces_after_warmup"] += other["traces_after_warmup"]
-    print(f"  search step {figures['search_step_s']:.3f} s (recompute {chosen}), "
-          f"{other['search_step_s']:.3f} s (recompute {'off' if chosen == 'on' else 'on'}); "
-          "all-ops reference ...", flush=True)
-    figures["search_step_all_ops_s"] = measure_all_ops_search(plan)
-    print(f"  all-ops step {figures['search_step_all_ops_s']:.3f} s; fixed child ...", flush=True)
+    if not args.skip_references:
+        add_references(args, plan, figures)
+    print("  fixed child ...", flush=True)
     figures["fixed_step_s"], figures["fixed_eval_forward_s"] = measure_fixed_child(plan)
+    figures["fixed_peak_device_mb"] = peak_device_mb()
     figures["search_epoch_s"] = search_epoch_split(figures, plan.batch_size, PAPER_EPOCH)
     figures["fixed_epoch_s"] = fixed_epoch_s(figures["fixed_step_s"],
                                              figures["fixed_eval_forward_s"], plan.batch_size)
@@ -315,16 +346,18 @@ def main(argv=None) -> None:
             "search_step_s", "valid_forward_s", "controller_update_s", "peak_rss_mb")}
         figures["cpu_preset_search_epoch_s"] = search_epoch_split(
             preset, CPU_PRESET.batch_size, CPU_SEARCH_EPOCH)
-        fixed_plan = dataclasses.replace(CPU_PRESET, batch_size=CPU_PRESET_FIXED_BATCH)
+        fixed_plan = dataclasses.replace(CPU_PRESET, batch_size=CPU_PRESET_FIXED_BATCH,
+                                         mixed_precision=plan.mixed_precision)
         step_s, eval_s = measure_fixed_child(fixed_plan)
         figures["cpu_preset_fixed_step_s"] = step_s
         figures["cpu_preset_fixed_epoch_s"] = fixed_epoch_s(step_s, eval_s, fixed_plan.batch_size)
+    if "search_step_all_ops_s" in figures:
+        figures["all_ops_over_sampled"] = figures["search_step_all_ops_s"] / figures["search_step_s"]
     figures.update(
         fixed_images_per_s=plan.batch_size / figures["fixed_step_s"],
-        all_ops_over_sampled=figures["search_step_all_ops_s"] / figures["search_step_s"],
         controller_over_10_forwards=figures["controller_update_s"] / (10 * figures["valid_forward_s"]),
         batch_size=plan.batch_size, quick=args.quick, deterministic=args.deterministic,
-        device=device_name(),
+        mixed_precision=args.mixed_precision, device=device_name(),
         tf_version=tf.__version__, cpu_count=os.cpu_count())
     print(json.dumps(rounded(figures)))
 

@@ -91,8 +91,15 @@ class ChildConfig:
     # exceeds memory_budget_mb ("auto"; 0 = half of the available memory).
     recompute: str = "auto"
     memory_budget_mb: int = 0
+    # "off": float32. "float16" / "bfloat16": compute in that dtype with float32
+    # variables, BN statistics and logits (Keras's mixed policies); float16 adds
+    # dynamic loss scaling.
+    mixed_precision: str = "off"
 
     def __post_init__(self):
+        _require(self.mixed_precision in ("off", "float16", "bfloat16"),
+                 f"--mixed_precision must be 'off', 'float16' or 'bfloat16', got "
+                 f"{self.mixed_precision!r}")
         _require(self.recompute in ("auto", "on", "off"),
                  f"--recompute must be 'auto', 'on' or 'off', got {self.recompute!r}")
         _require(self.memory_budget_mb >= 0,

@@ -12,8 +12,9 @@ import tensorflow as tf
 from src import arc as arc_lib
 from src.configs import ChildConfig
 from src.ops import (AuxHead, BatchNorm, Calibrate, ClassifierHead, ConvBN, FactorizedReduction,
-                     Shape, halved, avg_pool3x3, conv_weight, count_params, drop_path,
-                     drop_path_keep_prob, dropout_generator, max_pool3x3, next_seed, separable_conv)
+                     Shape, halved, avg_pool3x3, compute_dtype, conv_weight, count_params,
+                     drop_path, drop_path_keep_prob, dropout_generator, max_pool3x3, next_seed,
+                     separable_conv)
 
 
 class SepConvStack(tf.Module):
@@ -112,6 +113,7 @@ class FixedChild(tf.Module):
         super().__init__(name="fixed_child")
         arc_lib.validate_arc(arc, config.num_cells)
         self.config = config
+        self.compute_dtype = compute_dtype(config.mixed_precision)
         self.rng = dropout_generator(seed)
         normal, reduction = arc_lib.split_arc(arc, config.num_cells)
         reductions = arc_lib.reduction_layer_ids(config.num_layers, config.num_reductions)
@@ -145,9 +147,10 @@ class FixedChild(tf.Module):
     def __call__(self, images, training: bool, progress=1.0):
         """images [N,H,W,C] -> (logits [N, classes], aux logits or None).
 
-        progress in [0, 1] is the fraction of training done (drop-path ramp).
+        progress in [0, 1] is the fraction of training done (drop-path ramp). The
+        layers run in the compute dtype (ops.py); the logits are float32.
         """
-        x = self.stem(images, training)
+        x = self.stem(tf.cast(images, self.compute_dtype), training)
         prev0, prev1 = x, x
         aux_logits = None
         for layer_id, cell in enumerate(self.cells):

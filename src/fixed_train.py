@@ -24,6 +24,7 @@ from src.train_steps import (FixedChildSteps, cosine_lr, seed_everything, stop_a
 
 HISTORY_FILE = "history.json"
 # What each epoch puts in TensorBoard (the evaluation ones on evaluated epochs only).
+ARC_FILE = "arc.txt"  # the arc retrained, as main_child_trainer.py --child_fixed_arc_file reads it
 EPOCH_SCALARS = ("train_loss", "train_accuracy", "valid_accuracy", "test_accuracy")
 
 
@@ -90,6 +91,7 @@ def _train(config, child_config, arc, arc_text, dataset, summaries: RunSummaries
     print(f"Arc: {arc_text}")
     print(f"Model has {model.num_params()} params")
     print(f"Aux head uses {model.num_aux_params()} params")
+    run_dir.write_text_atomic(os.path.join(out, ARC_FILE), arc_text + "\n")
     reporting.save_arc_picture(arc, os.path.join(out, "arc.png"))
     summaries.png("arc", os.path.join(out, "arc.png"), step=0)
 
@@ -147,8 +149,19 @@ def _train(config, child_config, arc, arc_text, dataset, summaries: RunSummaries
     model_dir = serving.export_model(model, dataset, config.data.img_size, config.data.channel,
                                      os.path.join(out, serving.MODEL_DIR))
     print(f"Exported the model (SavedModel, uint8 images in): {model_dir}")
-    return _write_results(config, model, arc_text, int(epoch_var), valid_acc, test_acc,
-                          wall_before + time.time() - start, dataset)
+    results = _write_results(config, model, arc_text, int(epoch_var), valid_acc, test_acc,
+                             wall_before + time.time() - start, dataset)
+    print(end_of_run_summary(results, model_dir))
+    return results
+
+
+def end_of_run_summary(results: Dict, model_dir: str) -> str:
+    """What the retrain gave and what to run next."""
+    wrong = round((1.0 - results["test_accuracy"]) * results["num_test_images"])
+    return (f"\nTest accuracy {results['test_accuracy']:.4f} ({wrong} of "
+            f"{results['num_test_images']} test images wrong, see misclassified.png), "
+            f"{results['wall_time_s']:.0f} s.\nModel: {model_dir}\nClassify new images:\n"
+            f"  python predict.py --model {model_dir} path/to/images")
 
 
 def _restored_records(records: checkpoints.JsonRecords, epochs_done: int, out: str) -> Dict:
@@ -217,7 +230,8 @@ def _write_results(config, model, arc_text, epochs_done, valid_acc, test_acc, wa
         "params": model.num_params(), "aux_head_params": model.num_aux_params(),
         "epochs_done": epochs_done, "num_epochs": config.run.num_epochs,
         "wall_time_s": round(wall_time, 2), "class_names": dataset.class_names,
-        "num_train_images": int(len(dataset.train.labels)), "flags": config.flags,
+        "num_train_images": int(len(dataset.train.labels)),
+        "num_test_images": int(len(dataset.test.labels)), "flags": config.flags,
     }
     run_dir.write_json_atomic(os.path.join(config.run.output_dir, run_dir.RESULTS_FILE), results)
     return results

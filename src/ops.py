@@ -11,9 +11,17 @@ Two kinds of pieces live here:
     on weight values (see shared_child.py), the fixed child calls them.
 
 All tensors are NHWC. BN: decay 0.9, epsilon 1e-5; conv weights He-normal.
+
+Mixed precision (ChildConfig.mixed_precision) follows Keras's policies: the
+children cast their input images to the compute dtype (compute_dtype), and every
+op here runs in the dtype of its input: weights are float32 variables, cast where
+used (in_dtype_of), so their gradients come back in float32; BN's scale, offset
+and statistics stay float32 (the fused kernel takes them so); the heads pool and
+multiply in float32, so logits are float32.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Optional, Tuple
 
@@ -24,6 +32,26 @@ BN_DECAY = 0.9
 BN_EPSILON = 1e-5
 AUX_PROJ_FILTERS = 128
 AUX_FILTERS = 768
+
+
+def compute_dtype(mixed_precision: str) -> tf.DType:
+    """The dtype a child computes in for ChildConfig.mixed_precision."""
+    return {"off": tf.float32, "float16": tf.float16, "bfloat16": tf.bfloat16}[mixed_precision]
+
+
+def in_dtype_of(weight, x):
+    """weight (a float32 variable or value) in x's dtype: a no-op without mixed
+    precision; under it the cast's gradient reaches the float32 weight."""
+    return tf.cast(weight, x.dtype)
+
+
+def describe_mixed_precision(mixed_precision: str) -> str:
+    """The log line naming the precision a child computes in."""
+    if mixed_precision == "off":
+        return "Mixed precision: off (float32)"
+    scaling = ", dynamic loss scaling" if mixed_precision == "float16" else ""
+    return (f"Mixed precision: {mixed_precision} compute; float32 variables, BN statistics "
+            f"and logits{scaling}")
 
 
 def he_normal(shape, fan_in: int, name: str) -> tf.Variable:
@@ -65,7 +93,7 @@ def batch_norm_train(x, weights):
     moving_variance) [C] as tensors. Returns (y, (moving_mean, moving_variance) after
     this batch), for the caller to assign."""
     scale, offset, moving_mean, moving_variance = weights
-    y, mean, variance = batch_norm_batch_stats(x, scale, offset)
+    y, mean, variance = batch_norm_batch_stats(x, scale, offset)  # mean, variance float32
     return y, (moving_mean - moving_average_step(moving_mean, mean),
                moving_variance - moving_average_step(moving_variance, variance))
 
@@ -78,29 +106,58 @@ def batch_norm_inference(x, scale, offset, mean, variance):
 
 
 def separable_conv(x, depthwise, pointwise, stride: int = 1):
-    """relu, then depthwise kxk [k,k,C,1] + pointwise 1x1 [1,1,C,C'] ('SAME')."""
-    x = depthwise_conv(tf.nn.relu(x), depthwise, stride)
-    return tf.nn.conv2d(x, pointwise, 1, "VALID")
+    """relu, then depthwise kxk [k,k,C,1] + pointwise 1x1 [1,1,C,C'] ('SAME'), in x's dtype."""
+    x = depthwise_conv(tf.nn.relu(x), in_dtype_of(depthwise, x), stride)
+    return tf.nn.conv2d(x, in_dtype_of(pointwise, x), 1, "VALID")
 
 
 # Which backward formulation is fastest on CPU, per kernel size, for stride 1
 # (tools/bench_depthwise.py, interleaved medians at [128,32,32,20] / [128,16,16,40]).
-# Stride 2 keeps TensorFlow's own gradients.
+# Stride 2 keeps TensorFlow's own gradients. Measured on CPU only: with a GPU,
+# TensorFlow's own (cuDNN) gradients are used throughout (depthwise_gradients).
 FLIPPED_GRAD_INPUT_KERNELS = (3, 5)
 FOLDED_GRAD_FILTER_KERNELS = (5,)
+CUSTOM, TENSORFLOW = "custom", "tensorflow"
 
 
-def depthwise_conv(x, depthwise, stride: int = 1):
-    """'SAME' depthwise conv, x [N,H,W,C], depthwise [k,k,C,1]. For stride 1 and odd
-    kernels, its gradients use the faster formulations below. A kernel whose size is
-    not known when traced (the search child's relaxed traces) is taken to be odd."""
+def choose_depthwise_gradients(gpus) -> str:
+    """CUSTOM (the formulations above, measured faster on CPU) without a GPU in
+    `gpus` (tf.config.list_physical_devices('GPU')), else TENSORFLOW: the custom
+    ones were never measured on a GPU, where the ops would run."""
+    return TENSORFLOW if gpus else CUSTOM
+
+
+@functools.lru_cache(maxsize=None)
+def depthwise_gradients() -> str:
+    """choose_depthwise_gradients for this process's devices, decided once."""
+    return choose_depthwise_gradients(tf.config.list_physical_devices("GPU"))
+
+
+def describe_depthwise_gradients() -> str:
+    """The log line naming the depthwise-conv gradients this process uses."""
+    if depthwise_gradients() == CUSTOM:
+        return "Depthwise-conv gradients: custom (measured faster on CPU)"
+    return "Depthwise-conv gradients: TensorFlow's own (GPU)"
+
+
+def depthwise_conv(x, depthwise, stride: int = 1, gradients: Optional[str] = None):
+    """'SAME' depthwise conv, x [N,H,W,C], depthwise [k,k,C,1]. With CUSTOM gradients
+    (default: depthwise_gradients()), stride 1 and odd kernels, its gradients use the
+    faster formulations below. A kernel whose size is not known when traced (the
+    search child's relaxed traces) is taken to be odd."""
     kernel = depthwise.shape[0]
-    if stride != 1 or (kernel is not None and (kernel % 2 == 0 or (
-            kernel not in FLIPPED_GRAD_INPUT_KERNELS and kernel not in FOLDED_GRAD_FILTER_KERNELS))):
+    custom = (gradients or depthwise_gradients()) == CUSTOM
+    if not custom or stride != 1 or (kernel is not None and not _has_custom_gradients(kernel)):
         return tf.nn.depthwise_conv2d(x, depthwise, [1, stride, stride, 1], "SAME")
     # Read a variable here, outside the custom gradient, so its gradient reaches the
     # variable through the read (a custom gradient would need a `variables` argument).
     return _depthwise_conv_fast_grads(tf.convert_to_tensor(x), tf.convert_to_tensor(depthwise))
+
+
+def _has_custom_gradients(kernel: int) -> bool:
+    """An odd kernel with a faster formulation of either gradient."""
+    return kernel % 2 == 1 and (kernel in FLIPPED_GRAD_INPUT_KERNELS
+                                or kernel in FOLDED_GRAD_FILTER_KERNELS)
 
 
 def _tf_grad_input(x, depthwise, dy):
@@ -183,16 +240,22 @@ def factorized_paths(x, w_path1, w_path2):
     Path 2 is shifted by one pixel (pad right/bottom, drop first row/column) so the
     two paths see complementary pixels. [N,H,W,C] -> [N,ceil(H/2),ceil(W/2),C1+C2].
     """
-    path1 = tf.nn.conv2d(even_pixels(x), w_path1, 1, "SAME")
+    path1 = tf.nn.conv2d(even_pixels(x), in_dtype_of(w_path1, x), 1, "SAME")
     shifted = tf.pad(x, [[0, 0], [0, 1], [0, 1], [0, 0]])[:, 1:, 1:, :]
-    path2 = tf.nn.conv2d(even_pixels(shifted), w_path2, 1, "SAME")
+    path2 = tf.nn.conv2d(even_pixels(shifted), in_dtype_of(w_path2, x), 1, "SAME")
     return tf.concat([path1, path2], axis=3)
+
+
+def pooled_float32(x):
+    """Global average pool [N,H,W,C] -> [N,C], summed in float32 whatever x's dtype:
+    the heads' dense layers and logits stay float32 under mixed precision."""
+    return tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2])
 
 
 def classifier_head(x, w, keep_prob: float, training: bool, seed=None):
     """relu, global average pool, dropout (training only, stateless: `seed` int64 [2]),
-    dense w [C, classes] (no bias)."""
-    x = tf.reduce_mean(tf.nn.relu(x), axis=[1, 2])
+    dense w [C, classes] (no bias); float32 from the pool on."""
+    x = pooled_float32(tf.nn.relu(x))
     if training and keep_prob < 1.0:
         x = tf.nn.experimental.stateless_dropout(x, rate=1.0 - keep_prob, seed=seed)
     return x @ w
@@ -201,9 +264,10 @@ def classifier_head(x, w, keep_prob: float, training: bool, seed=None):
 def drop_path(x, keep_prob, seed):
     """Drops whole examples' paths with prob 1 - keep_prob, rescaling the kept ones
     (stateless: `seed` int64 [2])."""
-    noise = tf.random.stateless_uniform([tf.shape(x)[0], 1, 1, 1], seed, dtype=x.dtype)
+    noise = tf.random.stateless_uniform([tf.shape(x)[0], 1, 1, 1], seed)  # float32, as keep_prob
     mask = tf.floor(keep_prob + noise)  # 1 with probability keep_prob
-    return x * (mask / keep_prob)  # one multiply over x: the [N,1,1,1] factor broadcasts
+    # One multiply over x: the [N,1,1,1] factor broadcasts.
+    return x * tf.cast(mask / keep_prob, x.dtype)
 
 
 def dropout_generator(seed: int) -> tf.random.Generator:
@@ -235,15 +299,17 @@ def moving_statistic(initial, name: str) -> tf.Variable:
 
 def batch_norm_global_stats(x, scale, offset, replica_context):
     """BN with the statistics of the whole global batch, all-reduced over the replicas
-    (as Keras's synchronized BN); returns (y, mean, Bessel-corrected variance) [C]."""
-    local = tf.stack([tf.cast(tf.size(x) // tf.shape(x)[-1], x.dtype) * tf.ones_like(scale),
-                      tf.reduce_sum(x, axis=[0, 1, 2]),
-                      tf.reduce_sum(tf.square(x), axis=[0, 1, 2])])  # [3, C]
+    (as Keras's synchronized BN); returns (y in x's dtype, mean, Bessel-corrected
+    variance) [C]. The statistics are float32 whatever x's dtype."""
+    x32 = tf.cast(x, tf.float32)
+    local = tf.stack([tf.cast(tf.size(x32) // tf.shape(x32)[-1], tf.float32) * tf.ones_like(scale),
+                      tf.reduce_sum(x32, axis=[0, 1, 2]),
+                      tf.reduce_sum(tf.square(x32), axis=[0, 1, 2])])  # [3, C]
     count, total, total_sq = tf.unstack(replica_context.all_reduce(tf.distribute.ReduceOp.SUM, local))
     mean = total / count
     variance = tf.maximum(total_sq / count - tf.square(mean), 0.0)  # biased, as fused BN normalises
-    y = tf.nn.batch_normalization(x, mean, variance, offset, scale, BN_EPSILON)
-    return y, mean, variance * count / tf.maximum(count - 1.0, 1.0)
+    y = tf.nn.batch_normalization(x32, mean, variance, offset, scale, BN_EPSILON)
+    return tf.cast(y, x.dtype), mean, variance * count / tf.maximum(count - 1.0, 1.0)
 
 
 class BatchNorm(tf.Module):
@@ -296,7 +362,7 @@ class ConvBN(tf.Module):
     def __call__(self, x, training: bool):
         if self.relu:
             x = tf.nn.relu(x)
-        return self.bn(tf.nn.conv2d(x, self.w, 1, "SAME"), training)
+        return self.bn(tf.nn.conv2d(x, in_dtype_of(self.w, x), 1, "SAME"), training)
 
 
 class FactorizedReduction(tf.Module):
@@ -385,7 +451,7 @@ class AuxHead(tf.Module):
         x = tf.nn.avg_pool2d(tf.nn.relu(x), self.pool, 3, "VALID")
         x = tf.nn.relu(run_piece(self.proj, x))
         x = tf.nn.relu(run_piece(self.conv, x))
-        return tf.reduce_mean(x, axis=[1, 2]) @ self.w_fc
+        return pooled_float32(x) @ self.w_fc
 
 
 class ClassifierHead(tf.Module):

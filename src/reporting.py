@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from src.arc import (ArcError, NUM_BRANCHES, OP_NAMES, cell_nodes, parse_arc, split_arc, unused_ids,
-                     validate_arc)
+from src.arc import (ArcError, NUM_BRANCHES, OP_NAMES, cell_nodes, format_arc, parse_arc,
+                     split_arc, unused_ids, validate_arc)
 from src.run_dir import write_bytes_atomic, write_text_atomic
 
 OP_SHORT_NAMES = ("sep3x3", "sep5x5", "avg3x3", "max3x3", "id")
@@ -430,6 +430,9 @@ def _arc_figure(arc: Union[str, Sequence[int]]):
     _draw_cell_on(left, normal, "normal cell")
     _draw_cell_on(right, reduction, "reduction cell")
     _add_op_legend(figure)
+    # The arc string as the title: the picture names exactly what it draws.
+    figure.suptitle(format_arc(normal) + "  |  " + format_arc(reduction), fontsize=11,
+                    family="monospace")
     return figure
 
 
@@ -515,3 +518,32 @@ def save_curves(path: str, series: Dict[str, Sequence[Tuple]], title: str,
     A point (x, y, [low, high]) is drawn with an error bar; `hlines` are named levels
     drawn across (a chance level)."""
     return _save_figure(_curves_figure(series, title, xlabel, ylabel, (960, 540), hlines), path)
+
+
+# ----------------------------------------------------------------------------
+# Scatter
+
+
+def save_scatter(path: str, x: Sequence[float], y: Sequence[float], title: str, xlabel: str,
+                 ylabel: str, highlight: Optional[int] = None,
+                 highlight_label: str = "") -> np.ndarray:
+    """A PNG scatter plot of (x, y) with a least-squares line; point `highlight` (an
+    index) drawn apart, with its label. Returns the image (BGR uint8)."""
+    figure = _new_figure(7.2, 5.4, layout="constrained")
+    ax = figure.add_subplot()
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    ax.scatter(x, y, s=40, color="tab:blue", label="arcs")
+    if highlight is not None:
+        ax.scatter([x[highlight]], [y[highlight]], s=140, marker="*", color="tab:red",
+                   label=highlight_label or "highlighted", zorder=3)
+    if len(x) >= 2 and np.ptp(x) > 0:
+        slope, intercept = np.polyfit(x, y, 1)
+        line_x = np.array([x.min(), x.max()])
+        ax.plot(line_x, slope * line_x + intercept, color="gray", linestyle="--", linewidth=1,
+                label="least squares")
+    ax.set_title(title, fontsize=12)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.35)
+    ax.legend(loc="best", frameon=False)
+    return _save_figure(figure, path)

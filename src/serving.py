@@ -8,7 +8,8 @@ it without this code:
 
   * colour images go from BGR to RGB (training reads them as RGB);
   * pixels are scaled to [0, 1] and normalised with the training mean and std;
-  * the fixed child runs in inference mode (moving-average BN, no dropout);
+  * the fixed child runs in inference mode (moving-average BN, no dropout), in
+    the precision it was trained in (--mixed_precision);
   * the outputs are `probabilities` float32 [N, classes], `classes` int32 [N]
     and `class_names` string [N]; the whole list is `model.class_names`.
 """
@@ -52,8 +53,8 @@ class ServingModel(tf.Module):
         if images.shape[-1] == 3:
             x = tf.reverse(x, axis=[-1])  # OpenCV's BGR -> the RGB the model was trained on
         x = (x / 255.0 - self.mean) / self.std
-        logits, _ = self.classifier(x, training=False)
-        probabilities = tf.nn.softmax(logits)
+        logits, _ = self.classifier(x, training=False)  # the child casts x to its compute dtype
+        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32))  # float32 either way
         classes = tf.argmax(probabilities, axis=1, output_type=tf.int32)
         return {"probabilities": probabilities, "classes": classes,
                 "class_names": tf.gather(self.class_names, classes)}

@@ -28,8 +28,8 @@ from src import arc as arc_lib
 from src.configs import ChildConfig
 from src.ops import (AuxHead, Calibrate, ClassifierHead, ConvBN, FactorizedReduction,
                      avg_pool3x3, batch_norm_batch_stats, batch_norm_train, classifier_head,
-                     count_params, dropout_generator, factorized_paths, halved, he_normal,
-                     max_pool3x3, next_seed, separable_conv)
+                     compute_dtype, count_params, dropout_generator, factorized_paths, halved,
+                     he_normal, in_dtype_of, max_pool3x3, next_seed, separable_conv)
 
 
 def sep_conv_stack(x, pick, depthwise, pointwise, scale, offset):
@@ -160,7 +160,8 @@ def combine_unused(concatenated, unused, final_w, bn_scale, bn_offset):
     """
     c = tf.shape(final_w)[2]
     w = tf.reshape(tf.gather(final_w, unused), [1, 1, tf.size(unused) * c, c])
-    y, _, _ = batch_norm_batch_stats(tf.nn.conv2d(tf.nn.relu(concatenated), w, 1, "SAME"),
+    x = tf.nn.relu(concatenated)
+    y, _, _ = batch_norm_batch_stats(tf.nn.conv2d(x, in_dtype_of(w, x), 1, "SAME"),
                                      bn_scale, bn_offset)
     return y
 
@@ -171,7 +172,7 @@ def conv_bn_train(x, w, bn, relu: bool):
     bn: see batch_norm_train. Returns (y, the BN's new moving averages)."""
     if relu:
         x = tf.nn.relu(x)
-    return batch_norm_train(tf.nn.conv2d(x, w, 1, "SAME"), bn)
+    return batch_norm_train(tf.nn.conv2d(x, in_dtype_of(w, x), 1, "SAME"), bn)
 
 
 @tf.function(reduce_retracing=True)
@@ -289,6 +290,7 @@ class SharedChild(tf.Module):
         (less memory, see choose_recompute)."""
         super().__init__(name="shared_child")
         self.config = config
+        self.compute_dtype = compute_dtype(config.mixed_precision)
         self.recompute = recompute
         self.dispatch = dispatch
         reductions = arc_lib.reduction_layer_ids(config.num_layers, config.num_reductions)
@@ -330,9 +332,10 @@ class SharedChild(tf.Module):
         """images [N,H,W,C], arc of 8*B Python ints -> (logits, aux logits or None).
 
         `training` switches dropout and the aux head only: BN always uses batch stats.
+        The layers run in the compute dtype (ops.py); the logits are float32.
         """
         normal, reduction = arc_lib.split_arc([int(a) for a in arc], self.config.num_cells)
-        x = run_piece(self.stem, images)
+        x = run_piece(self.stem, tf.cast(images, self.compute_dtype))
         prev0, prev1 = x, x
         aux_logits = None
         for layer_id, layer in enumerate(self.layers):

@@ -23,9 +23,9 @@ import numpy as np
 import tensorflow as tf
 
 from src import arc as arc_lib
-from src import distribute, reporting, run_dir
+from src import distribute, ops, reporting, run_dir
 from src.checkpoints import CheckpointMismatch
-from src.configs import OptimConfig
+from src.configs import ChildConfig, OptimConfig
 from src.summaries import RunSummaries
 
 
@@ -54,6 +54,38 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
+class DynamicLossScale(tf.Module):
+    """float16's dynamic loss scale (as Keras's LossScaleOptimizer): the loss is
+    multiplied by `scale` before the backward pass, so that small float16 gradients
+    do not flush to zero, and the float32 gradients are divided by it again. A step
+    with a non-finite gradient is skipped and halves the scale; every growth_steps
+    finite steps in a row double it."""
+
+    def __init__(self, initial: float = 2.0 ** 15, growth_steps: int = 2000):
+        super().__init__(name="loss_scale")
+        self.growth_steps = growth_steps
+        self.scale = tf.Variable(initial, trainable=False, name="scale")
+        self.finite_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="finite_steps")
+
+    def update(self, finite) -> None:
+        """After a step whose gradients were all finite (bool tensor) or not."""
+        finite_steps = tf.where(finite, self.finite_steps + 1, 0)
+        grow = finite_steps >= self.growth_steps
+        self.scale.assign(tf.where(finite, tf.where(grow, 2.0, 1.0), 0.5) * self.scale)
+        self.finite_steps.assign(tf.where(grow, tf.zeros_like(finite_steps), finite_steps))
+
+
+def loss_scale_for(config: ChildConfig) -> Optional[DynamicLossScale]:
+    """A dynamic loss scale for float16; None otherwise (bfloat16 has float32's range)."""
+    return DynamicLossScale() if config.mixed_precision == "float16" else None
+
+
+def announce_child_numerics(config: ChildConfig) -> None:
+    """The log lines naming the depthwise-conv gradients and the precision chosen."""
+    print(ops.describe_depthwise_gradients())
+    print(ops.describe_mixed_precision(config.mixed_precision))
+
+
 class NesterovSGD(tf.Module):
     """SGD with Nesterov momentum, L2 and per-tensor norm clipping, in one update.
 
@@ -68,10 +100,16 @@ class NesterovSGD(tf.Module):
     Keras optimizer's dozens: with the shared child's 1,340 variables that is the
     difference between about 40 s and a few seconds of tracing, and 0.8 GB of
     memory held by the traced graph.
+
+    The variables are the float32 master weights, also under mixed precision. Given
+    a loss_scale (float16), the gradients passed to apply are of the loss scaled by
+    scale_loss: apply unscales them and skips the update if any is not finite.
     """
 
-    def __init__(self, variables: Sequence[tf.Variable], optim: OptimConfig):
+    def __init__(self, variables: Sequence[tf.Variable], optim: OptimConfig,
+                 loss_scale: Optional[DynamicLossScale] = None):
         super().__init__(name="nesterov_sgd")
+        self.loss_scale = loss_scale  # an attribute: checkpointed with the optimizer
         self._variables = list(variables)
         self._sizes = [v.shape.num_elements() for v in self._variables]
         self._segments = tf.constant(np.repeat(np.arange(len(self._sizes)), self._sizes), tf.int32)
@@ -96,11 +134,25 @@ class NesterovSGD(tf.Module):
                     f"the checkpoint's optimizer state was saved for other variables: variable "
                     f"{index} is {here or 'missing'} here, {there or 'missing'} in the checkpoint")
 
+    def scale_loss(self, loss):
+        """The loss to differentiate: scaled by the loss scale, if any."""
+        return loss if self.loss_scale is None else loss * self.loss_scale.scale
+
     def apply(self, grads):
         """Applies one update (call inside a tf.function); returns the global gradient
-        norm before clipping."""
-        flat_w = tf.concat([tf.reshape(v, [-1]) for v in self._variables], axis=0)
+        norm before clipping (0 for an update skipped by the loss scale)."""
         flat_g = tf.concat([tf.reshape(g, [-1]) for g in grads], axis=0)
+        if self.loss_scale is None:
+            return self._apply_flat(flat_g)
+        flat_g /= self.loss_scale.scale
+        finite = tf.reduce_all(tf.math.is_finite(flat_g))
+        grad_norm = tf.cond(finite, lambda: self._apply_flat(flat_g), lambda: tf.constant(0.0))
+        self.loss_scale.update(finite)
+        return grad_norm
+
+    def _apply_flat(self, flat_g):
+        """The update itself, on the unscaled gradients as one flat vector."""
+        flat_w = tf.concat([tf.reshape(v, [-1]) for v in self._variables], axis=0)
         flat_g += 2.0 * self.optim.l2_reg * flat_w
         norms = tf.sqrt(tf.math.segment_sum(flat_g * flat_g, self._segments))  # [num variables]
         if self.optim.grad_bound > 0:
@@ -159,10 +211,11 @@ class FixedChildSteps:
         self.optim = optim
         self.strategy = strategy or tf.distribute.get_strategy()
         self.variables = list(model.trainable_variables)
+        announce_child_numerics(model.config)
         # Outside the strategy's scope: the optimizer runs once per step, in cross-replica
         # context, so its state is one ordinary copy per worker (a multi-worker strategy
         # could not broadcast its string layout variable anyway).
-        self.optimizer = NesterovSGD(self.variables, optim)
+        self.optimizer = NesterovSGD(self.variables, optim, loss_scale_for(model.config))
         images = tf.TensorSpec([None, *image_shape], tf.float32)
         labels = tf.TensorSpec([None], tf.int32)
         if not distribute.is_distributed(self.strategy):
@@ -177,7 +230,8 @@ class FixedChildSteps:
         with tf.GradientTape() as tape:
             logits, aux_logits = self.model(images, training=True, progress=progress)
             loss = classification_loss(labels, logits, aux_logits, self.optim.aux_weight)
-        grads = tape.gradient(loss, self.variables)
+            scaled_loss = self.optimizer.scale_loss(loss)  # on the tape: float16's loss scale
+        grads = tape.gradient(scaled_loss, self.variables)
         grad_norm = self.optimizer.apply(grads)
         return {"loss": loss, "grad_norm": grad_norm, "correct": count_correct(labels, logits)}
 
@@ -188,7 +242,8 @@ class FixedChildSteps:
             logits, aux_logits = self.model(images, training=True, progress=progress)
             loss = summed_loss(labels, logits, aux_logits, self.optim.aux_weight,
                                global_batch_size(labels))
-        grads = tape.gradient(loss, self.variables)
+            scaled_loss = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled_loss, self.variables)
         # One dtype for the whole all-reduce (it packs its tensors together).
         counts = tf.cast(tf.stack([count_correct(labels, logits), tf.shape(labels)[0]]), tf.float32)
         return tf.distribute.get_replica_context().all_reduce(
@@ -222,7 +277,8 @@ class SharedChildSteps:
         # but the aux head's own weights are not among the trained variables.
         self.variables: List[tf.Variable] = (list(model.trainable_variables)
                                              if model.config.train_aux_head else model.body_variables())
-        self.optimizer = NesterovSGD(self.variables, optim)
+        announce_child_numerics(model.config)
+        self.optimizer = NesterovSGD(self.variables, optim, loss_scale_for(model.config))
         self._apply = tf.function(self.optimizer.apply)
 
     def train_step(self, images, labels, arc: Sequence[int]) -> Dict[str, tf.Tensor]:
@@ -235,9 +291,10 @@ class SharedChildSteps:
         with tf.GradientTape() as tape:
             logits, aux_logits = self.model(images, arc, training=True)
             loss = classification_loss(labels, logits, aux_logits, self.optim.aux_weight)
+            scaled_loss = self.optimizer.scale_loss(loss)  # on the tape: float16's loss scale
         # Weights of ops the arc did not choose get a zero loss gradient (their L2
         # gradient and momentum still apply, as in the authors' all-ops graph).
-        grads = tape.gradient(loss, self.variables,
+        grads = tape.gradient(scaled_loss, self.variables,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
         grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         grad_norm = self._apply(grads)
@@ -249,7 +306,8 @@ class SharedChildSteps:
                 logits, aux_logits = self.model(images, arc, training=True)
                 loss = summed_loss(labels, logits, aux_logits, self.optim.aux_weight,
                                    global_batch_size(labels))
-            grads = tape.gradient(loss, self.variables,
+                scaled_loss = self.optimizer.scale_loss(loss)
+            grads = tape.gradient(scaled_loss, self.variables,
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
             grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
             counts = tf.cast(tf.stack([count_correct(labels, logits), tf.shape(labels)[0]]), tf.float32)

@@ -24,12 +24,12 @@ SEARCH_ONLY, RETRAIN_ONLY = ("recompute", "memory_budget_mb"), ("child_drop_path
 
 
 def test_random_arc_is_reproducible_from_the_seed_and_differs_between_seeds():
-    first = cli_common.random_arc_text(seed=3, num_cells=5)
-    assert cli_common.random_arc_text(seed=3, num_cells=5) == first
+    first = arc_lib.seeded_random_arc(seed=3, num_cells=5)
+    assert arc_lib.seeded_random_arc(seed=3, num_cells=5) == first
     arc_lib.parse_arc(first)  # 40 valid integers
-    others = {cli_common.random_arc_text(seed=seed, num_cells=5) for seed in range(4, 10)}
+    others = {arc_lib.seeded_random_arc(seed=seed, num_cells=5) for seed in range(4, 10)}
     assert first not in others and len(others) == 6
-    arc_lib.parse_arc(cli_common.random_arc_text(seed=3, num_cells=4), num_cells=4)
+    arc_lib.parse_arc(arc_lib.seeded_random_arc(seed=3, num_cells=4), num_cells=4)
 
 
 # ----------------------------------------------------------------------------

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from src import ops
 from src.ops import depthwise_conv, drop_path, factorized_paths, separable_conv
 
 
@@ -42,16 +43,27 @@ def test_drop_path_keeps_or_drops_whole_examples_rescaled():
     assert np.all(kept | dropped) and 10 < kept.sum() < 54
 
 
+def test_custom_depthwise_gradients_are_chosen_on_cpu_only():
+    assert ops.choose_depthwise_gradients([]) == ops.CUSTOM
+    gpu = tf.config.PhysicalDevice(name="/physical_device:GPU:0", device_type="GPU")
+    assert ops.choose_depthwise_gradients([gpu]) == ops.TENSORFLOW
+    if not tf.config.list_physical_devices("GPU"):  # this machine's choice, made once
+        assert ops.depthwise_gradients() == ops.CUSTOM
+        assert ops.describe_depthwise_gradients() == (
+            "Depthwise-conv gradients: custom (measured faster on CPU)")
+
+
+@pytest.mark.parametrize("gradients", [ops.CUSTOM, ops.TENSORFLOW])
 @pytest.mark.parametrize("kernel", [3, 5])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("hw", [7, 8])
-def test_depthwise_conv_and_its_gradients_equal_tensorflows(kernel, stride, hw):
+def test_depthwise_conv_and_its_gradients_equal_tensorflows(kernel, stride, hw, gradients):
     x = tf.random.normal([3, hw, hw, 4])
     w = tf.random.normal([kernel, kernel, 4, 1])
     dy = tf.random.normal([3, (hw + stride - 1) // stride, (hw + stride - 1) // stride, 4])
     results = []
     for fn in (lambda a, b: tf.nn.depthwise_conv2d(a, b, [1, stride, stride, 1], "SAME"),
-               lambda a, b: depthwise_conv(a, b, stride)):
+               lambda a, b: depthwise_conv(a, b, stride, gradients)):
         with tf.GradientTape() as tape:
             tape.watch([x, w])
             y = fn(x, w)
