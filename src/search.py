@@ -133,14 +133,14 @@ def batch_accuracy(steps: SharedChildSteps, images, labels, arc) -> float:
 
 
 def split_accuracy(steps: SharedChildSteps, split: data_lib.Split, batch_size: int,
-                   arc=None, sampler: ArcSampler = None) -> float:
-    """Accuracy of the shared child on a whole split: with one given arc, or (as the
-    authors evaluate) a freshly sampled arc for every batch. The batches mix the classes
-    (the child's BN uses batch statistics, see data.mixed_eval_batches)."""
+                   sampler: ArcSampler) -> float:
+    """Accuracy of the shared child on a whole split with a freshly sampled arc for every
+    batch, as the authors evaluate (one arc on fixed batches: selection.score_arcs). The
+    batches mix the classes (the child's BN uses batch statistics, see
+    data.mixed_eval_batches)."""
     correct = 0
     for images, labels in data_lib.mixed_eval_batches(split, batch_size):
-        batch_arc = arc if arc is not None else sampler()
-        correct += int(steps.count_correct(images, labels, batch_arc))
+        correct += int(steps.count_correct(images, labels, sampler()))
     return correct / max(1, len(split.labels))
 
 

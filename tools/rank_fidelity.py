@@ -38,9 +38,9 @@ from src.configs import ChildConfig, DataConfig, FixedTrainConfig, OptimConfig, 
 
 @dataclasses.dataclass(frozen=True)
 class ProxyBudget:
-    """"proxy-5ep": the fixed child at about the search's size, 5 epochs of the training
-    split, one cosine period, no dropout, drop path or aux head (too short to need
-    them), random crops; the same for every arc."""
+    """The "proxy-5ep" budget: the fixed child at about the search's size, 5 epochs of
+    the training split, one cosine period, no dropout, drop path or aux head (too short
+    to need them), random crops; the same for every arc."""
     name: str = "proxy-5ep"
     num_layers: int = 3
     out_filters: int = 16
