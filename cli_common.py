@@ -13,12 +13,12 @@ from absl import app, flags, logging
 
 from src import data, image_cache
 from src.arc import ArcError
-from src.configs import ChildConfig, ConfigError, DataConfig, OptimConfig, RunConfig
+from src.configs import STRATEGIES, ChildConfig, ConfigError, DataConfig, OptimConfig, RunConfig
 from src.data import DataError
 from src.distribute import WorkerLost
 from src.run_dir import OutputDirError
 from src.checkpoints import CheckpointMismatch
-from src.train_steps import NonFiniteLoss, StopRequested
+from src.epoch_loop import NonFiniteLoss, StopRequested
 
 FLAGS = flags.FLAGS
 
@@ -99,7 +99,7 @@ def define_common_flags(*, output_dir: str, num_epochs: int, num_layers: int, ou
     flags.DEFINE_boolean("deterministic", False, "Make every TensorFlow op deterministic "
                          "(enable_op_determinism), so that two runs with the same --seed write "
                          "identical results. Off by default: see the README for its cost.")
-    flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
+    flags.DEFINE_enum("strategy", "default", list(STRATEGIES),
                       "tf.distribute strategy. 'default': one device. 'mirrored': data-parallel "
                       "over this machine's devices (--devices; every GPU by default, the CPU "
                       "without one), --batch_size split over them. 'multi_worker': over the "

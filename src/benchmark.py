@@ -35,7 +35,7 @@ from src.configs import ChildConfig, ControllerConfig, OptimConfig, SearchConfig
 from src.configs import DataConfig, RunConfig  # noqa: E402
 from src.fixed_child import FixedChild  # noqa: E402
 from src.shared_child import dispatch_all_ops  # noqa: E402
-from src.train_steps import FixedChildSteps  # noqa: E402
+from src.child_steps import FixedChildSteps  # noqa: E402
 
 CHANNELS, NUM_CLASSES = 1, 10
 
@@ -60,7 +60,7 @@ class Plan:
 QUICK = Plan(batch_size=16, img_size=16, search_layers=1, search_filters=8, fixed_layers=1,
              fixed_filters=8, search_steps=2, ctrl_steps=1, all_ops_steps=1, fixed_steps=1)
 # presets/cpu_search.flags and presets/cpu_final.flags (search and fixed sizes).
-CPU_PRESET = Plan(batch_size=64, img_size=28, search_layers=2, search_filters=16, fixed_layers=6,
+CPU_PRESET = Plan(batch_size=64, img_size=28, search_layers=3, search_filters=16, fixed_layers=6,
                   fixed_filters=20, search_steps=10, ctrl_steps=3, fixed_steps=5)
 CPU_PRESET_FIXED_BATCH = 128  # cpu_final.flags keeps the default batch size
 
@@ -68,7 +68,7 @@ CPU_PRESET_FIXED_BATCH = 128  # cpu_final.flags keeps the default batch size
 # digits), to turn per-piece timings into the time a user waits for an epoch.
 BUNDLED = {"train": 3500, "valid": 500, "test": 1000}
 NUM_SHOWN_ARCS = 10  # search._show_sampled_arcs
-NUM_LIFT_ARCS = 10  # ControllerConfig.num_lift_arcs
+NUM_LIFT_ARCS = 30  # ControllerConfig.num_lift_arcs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +83,7 @@ class EpochPlan:
 PAPER_EPOCH = EpochPlan(child_steps=0, controller_train_steps=30, num_aggregate=10,
                         eval_every_epochs=1)
 CPU_SEARCH_EPOCH = EpochPlan(child_steps=50, controller_train_steps=10, num_aggregate=10,
-                             eval_every_epochs=4)
+                             eval_every_epochs=8)
 
 
 def batches(n: int, batch_size: int) -> int:
@@ -95,18 +95,18 @@ def search_epoch_split(figures: dict, batch_size: int, epoch: EpochPlan) -> dict
     child = steps x search step (each samples its arc from the controller);
     controller = train steps x controller update (K arcs sampled and rewarded on one
     validation batch each, one REINFORCE step); scoring = 10 shown arcs on one batch
-    each + the same 10 on the whole validation set; evaluation (every
-    eval_every_epochs, spread over the epochs) = valid + test with sampled arcs + the
-    lift's 2 x 10 arcs on the whole validation set. The last, smaller batch of a
-    split counts as a whole one."""
-    valid_b, test_b = batches(BUNDLED["valid"], batch_size), batches(BUNDLED["test"], batch_size)
+    each; evaluation (every eval_every_epochs, spread over the epochs) = the selection
+    half of valid + test with sampled arcs + the lift's 2 x 30 arcs on the selection
+    half (src/selection.py). The last, smaller batch of a split counts as a whole one;
+    the final selection, once a search, is left out."""
+    half_b, test_b = batches(BUNDLED["valid"] // 2, batch_size), batches(BUNDLED["test"], batch_size)
     steps = epoch.child_steps or batches(BUNDLED["train"], batch_size)
     forward = figures["valid_forward_s"]
     split = {
         "child": steps * figures["search_step_s"],
         "controller": epoch.controller_train_steps * figures["controller_update_s"],
-        "scoring": (NUM_SHOWN_ARCS + NUM_SHOWN_ARCS * valid_b) * forward,
-        "evaluation": (valid_b + test_b + 2 * NUM_LIFT_ARCS * valid_b) * forward
+        "scoring": NUM_SHOWN_ARCS * forward,
+        "evaluation": (half_b + test_b + 2 * NUM_LIFT_ARCS * half_b) * forward
         / epoch.eval_every_epochs,
     }
     split["total"] = sum(split.values())
@@ -114,8 +114,8 @@ def search_epoch_split(figures: dict, batch_size: int, epoch: EpochPlan) -> dict
 
 
 def fixed_epoch_s(step_s: float, eval_forward_s: float, batch_size: int) -> float:
-    """One retraining epoch on the bundled data: a pass over train + valid and test
-    evaluated (the last, smaller batch counted as a whole one)."""
+    """One retraining epoch on the bundled data: a pass over the training split, then
+    valid and test evaluated (the last, smaller batch counted as a whole one)."""
     evals = batches(BUNDLED["valid"], batch_size) + batches(BUNDLED["test"], batch_size)
     return round(batches(BUNDLED["train"], batch_size) * step_s + evals * eval_forward_s, 1)
 
@@ -167,7 +167,7 @@ def median_time(fn, steps: int, warmup: int) -> float:
 def tracing_count(state: search.SearchState) -> int:
     """tf.function traces so far, over every compiled piece of the search."""
     functions = state.child.compiled_functions() + [
-        state.child_steps._apply, state.controller.sample, state.controller.log_prob_and_entropy,
+        state.child_steps._apply, state.controller.sample, state.controller.neg_log_prob_and_entropy,
         state.reinforce.train_step]
     return sum(f.experimental_get_tracing_count() for f in functions)
 

@@ -14,14 +14,12 @@ from typing import Any, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
+from src.distribute import PEER_ERRORS
 from src.run_dir import OutputDirError
 
 MAX_TO_KEEP = 3
 # Restoring a truncated or missing file raises these (IndexError: "Read less bytes than
 # requested", from TensorFlow's reader); anything else is another model.
-# What a multi-worker run's collectives raise when a peer died (see distribute.py).
-_PEER_ERRORS = (tf.errors.DeadlineExceededError, tf.errors.UnavailableError,
-                tf.errors.CancelledError, tf.errors.AbortedError)
 _CORRUPT = (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.OutOfRangeError, IndexError)
 
 
@@ -85,20 +83,9 @@ def _restore_latest(checkpoint, manager, output_dir, optimizers) -> Optional[str
 
 
 def _restore(checkpoint: tf.train.Checkpoint, path: str) -> None:
-    status = checkpoint.restore(path)
-    if _written_before_records(path):
-        # An earlier version of this tool had no records, random generators or optimizer
-        # layout in its checkpoints: those keep their fresh values. A different model
-        # still fails, on a shape (ValueError) or with nothing matched.
-        status.expect_partial().assert_nontrivial_match()
-        print(f"notice: {path} was written by an earlier version of this tool; its epoch "
-              "records are taken from the output files")
-        return
-    status.assert_existing_objects_matched()
-
-
-def _written_before_records(path: str) -> bool:
-    return not any(name.startswith("records/") for name, _ in tf.train.list_variables(path))
+    """Restores everything or fails: a checkpoint lacking any object of this model (other
+    flags, or a layout this version does not write) is refused by the caller."""
+    checkpoint.restore(path).assert_existing_objects_matched()
 
 
 def save(manager: tf.train.CheckpointManager, number: int) -> None:
@@ -106,7 +93,7 @@ def save(manager: tf.train.CheckpointManager, number: int) -> None:
     previous checkpoints stay as they were)."""
     try:
         manager.save(checkpoint_number=number)
-    except _PEER_ERRORS:
+    except PEER_ERRORS:
         raise  # a multi-worker save's collectives lost a peer: not a storage failure
     except tf.errors.OpError as error:
         raise OutputDirError(f"cannot write checkpoint {number} in {manager.directory}: "

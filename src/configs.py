@@ -183,6 +183,11 @@ class ControllerConfig:
         _require(self.train_every >= 1, f"--controller_train_every must be >= 1, got {self.train_every}")
 
 
+# --strategy: tf.distribute's default strategy (one device), MirroredStrategy over local
+# devices, MultiWorkerMirroredStrategy over the machines of TF_CONFIG (src/distribute.py).
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Where a run writes and how often it reports."""
@@ -205,8 +210,8 @@ class RunConfig:
     collective_timeout_s: float = 300.0  # multi_worker: a peer silent this long is dead
 
     def __post_init__(self):
-        _require(self.strategy in ("default", "mirrored", "multi_worker"),
-                 f"--strategy must be default, mirrored or multi_worker, got {self.strategy!r}")
+        _require(self.strategy in STRATEGIES,
+                 f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         _require(not self.devices or self.strategy == "mirrored",
                  "--devices applies to --strategy mirrored only")
         _require(self.collective_timeout_s > 0,

@@ -54,21 +54,21 @@ class Controller(tf.Module):
 
     @tf.function(input_signature=[])
     def sample(self):
-        """One arc: (arc int32 [L], log_prob float32 [], entropy float32 []).
+        """One arc: (arc int32 [L], neg_log_prob float32 [], entropy float32 []).
 
-        log_prob is the summed cross-entropy (-log p) of all choices."""
+        neg_log_prob is the summed cross-entropy (-log p) of all choices."""
         arcs, logits = self._walk(self._draw, batch=1)
-        log_prob, entropy = _log_prob_and_entropy(logits, arcs)
-        return arcs[0], log_prob[0], entropy[0]
+        neg_log_prob, entropy = _neg_log_prob_and_entropy(logits, arcs)
+        return arcs[0], neg_log_prob[0], entropy[0]
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)])
-    def log_prob_and_entropy(self, arcs):
-        """arcs int32 [K, L] -> (log_prob [K], entropy [K]) by teacher forcing.
+    def neg_log_prob_and_entropy(self, arcs):
+        """arcs int32 [K, L] -> (neg_log_prob [K], entropy [K]) by teacher forcing.
 
-        Differentiable w.r.t. the trainable variables (log_prob only)."""
+        Differentiable w.r.t. the trainable variables (neg_log_prob only)."""
         arcs = tf.ensure_shape(arcs, [None, self.arc_length])
         _, logits = self._walk(_teacher(arcs), batch=tf.shape(arcs)[0])
-        return _log_prob_and_entropy(logits, arcs)
+        return _neg_log_prob_and_entropy(logits, arcs)
 
     def logits_for(self, arc) -> List[np.ndarray]:
         """The shaped logits of each of the L choices of `arc`, in arc order
@@ -168,12 +168,12 @@ def _teacher(arcs) -> Chooser:
     return lambda logits, position: arcs[:, position]
 
 
-def _log_prob_and_entropy(logits: List[tf.Tensor], choices) -> Tuple[tf.Tensor, tf.Tensor]:
+def _neg_log_prob_and_entropy(logits: List[tf.Tensor], choices) -> Tuple[tf.Tensor, tf.Tensor]:
     """Sums over positions of -log p(choice) and of the entropy (no gradient)."""
-    log_prob, entropy = 0.0, 0.0
+    neg_log_prob, entropy = 0.0, 0.0
     for position, l in enumerate(logits):
-        log_prob += tf.nn.sparse_softmax_cross_entropy_with_logits(
+        neg_log_prob += tf.nn.sparse_softmax_cross_entropy_with_logits(
             labels=choices[:, position], logits=l)
         entropy += tf.stop_gradient(tf.nn.softmax_cross_entropy_with_logits(
             labels=tf.nn.softmax(l), logits=l))
-    return log_prob, entropy
+    return neg_log_prob, entropy

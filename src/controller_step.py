@@ -56,9 +56,11 @@ class ReinforceTrainer(tf.Module):
         advantages = rewards - baselines
         variables = self.controller.trainable_variables
         with tf.GradientTape() as tape:
-            log_prob, entropy = self.controller.log_prob_and_entropy(arcs)
-            # Mean over the K samples = the authors' averaged per-sample gradients.
-            loss = tf.reduce_mean(log_prob * advantages)
+            neg_log_prob, entropy = self.controller.neg_log_prob_and_entropy(arcs)
+            # REINFORCE: minimising -log p(arc) * advantage raises the probability of arcs
+            # rewarded above the baseline. Mean over the K samples = the authors' averaged
+            # per-sample gradients.
+            loss = tf.reduce_mean(neg_log_prob * advantages)
         grads = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(grads, variables))
         self.baseline.assign(baselines[-1])
@@ -68,6 +70,6 @@ class ReinforceTrainer(tf.Module):
             "baseline": self.baseline.read_value(),
             "reward": tf.reduce_mean(rewards),
             "advantage": tf.reduce_mean(advantages),
-            "log_prob": tf.reduce_mean(log_prob),
+            "neg_log_prob": tf.reduce_mean(neg_log_prob),
             "entropy": tf.reduce_mean(entropy),
         }

@@ -27,10 +27,9 @@ import tensorflow as tf
 
 from src.configs import ConfigError, RunConfig
 
-STRATEGIES = ("default", "mirrored", "multi_worker")
 TF_CONFIG = "TF_CONFIG"
 # What a collective raises when a peer has died or stopped answering.
-_PEER_ERRORS = (tf.errors.DeadlineExceededError, tf.errors.UnavailableError,
+PEER_ERRORS = (tf.errors.DeadlineExceededError, tf.errors.UnavailableError,
                 tf.errors.CancelledError, tf.errors.AbortedError, tf.errors.InternalError)
 
 
@@ -164,7 +163,7 @@ def peer_failures(strategy: tf.distribute.Strategy, timeout_s: float) -> Iterato
     out into WorkerLost (one line)."""
     try:
         yield
-    except _PEER_ERRORS as error:
+    except PEER_ERRORS as error:
         if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             raise
         first = (getattr(error, "message", None) or str(error)).strip().splitlines()

@@ -15,16 +15,15 @@ import tensorflow as tf
 
 from src import arc as arc_lib
 from src import data as data_lib
-from src import checkpoints, distribute, reporting, run_dir, serving
+from src import checkpoints, distribute, harness, reporting, run_dir, serving
+from src.child_steps import FixedChildSteps
 from src.configs import FixedTrainConfig
+from src.epoch_loop import train_one_epoch
 from src.fixed_child import FixedChild
-from src.summaries import RunSummaries
-from src.train_steps import (FixedChildSteps, cosine_lr, seed_everything, stop_at_step_boundaries,
-                             train_one_epoch)
+from src.optim import cosine_lr
 
-HISTORY_FILE = "history.json"
-# What each epoch puts in TensorBoard (the evaluation ones on evaluated epochs only).
 ARC_FILE = "arc.txt"  # the arc retrained, as main_child_trainer.py --child_fixed_arc_file reads it
+# What each epoch puts in TensorBoard (the evaluation ones on evaluated epochs only).
 EPOCH_SCALARS = ("train_loss", "train_accuracy", "valid_accuracy", "test_accuracy")
 
 
@@ -51,25 +50,14 @@ def run(config: FixedTrainConfig) -> Dict:
     """Trains (or resumes) the fixed child; returns what results.json holds (in a
     multi-worker run, every worker returns it; only the chief writes it)."""
     arc = arc_lib.parse_arc(config.arc, config.child.num_cells)
-    strategy = distribute.build_strategy(config.run)
-    chief = distribute.is_chief(strategy)
-    run_config, restore_dir = distribute.worker_run_config(config.run, chief)
-    config, out = dataclasses.replace(config, run=run_config), run_config.output_dir
-    try:
-        run_dir.prepare_output_dir(out, config.run.reset_output_dir and chief)
-        arc_text = arc_lib.format_arc(arc)
-        check_resumable(out, arc_text)
-        with run_dir.RunLock(out), run_dir.Tee(out), stop_at_step_boundaries(), \
-                distribute.peer_failures(strategy, config.run.collective_timeout_s):
-            print(reporting.format_flags(config.flags))
-            dataset = data_lib.load_dataset(config.data, retraining=True)
-            child_config = _child_config_for(config, dataset)
-            print(f"Classes ({dataset.num_classes}): {', '.join(dataset.class_names)}")
-            with RunSummaries(out) as summaries:
-                return _train(config, child_config, arc, arc_text, dataset, summaries,
-                              strategy, restore_dir or out)
-    finally:
-        distribute.remove_worker_dir(out, chief)
+    arc_text = arc_lib.format_arc(arc)
+    with harness.open_run(config.run, config.flags,
+                          check_folder=lambda out: check_resumable(out, arc_text)) as this_run:
+        config = dataclasses.replace(config, run=this_run.config)
+        dataset = data_lib.load_dataset(config.data, retraining=True)
+        child_config = _child_config_for(config, dataset)
+        print(f"Classes ({dataset.num_classes}): {', '.join(dataset.class_names)}")
+        return _train(config, child_config, arc, arc_text, dataset, this_run)
 
 
 def _child_config_for(config: FixedTrainConfig, dataset):
@@ -78,10 +66,13 @@ def _child_config_for(config: FixedTrainConfig, dataset):
                                channel=config.data.channel, img_size=config.data.img_size)
 
 
-def _train(config, child_config, arc, arc_text, dataset, summaries: RunSummaries,
-           strategy: tf.distribute.Strategy, restore_dir: str) -> Dict:
-    out, run_cfg = config.run.output_dir, config.run
-    seed_everything(run_cfg.seed, run_cfg.deterministic)
+EMPTY_RECORDS = {"epochs": [], "wall_time_s": 0.0}
+
+
+def _train(config, child_config, arc, arc_text, dataset, this_run: harness.Run) -> Dict:
+    out, run_cfg, summaries = config.run.output_dir, config.run, this_run.summaries
+    strategy = this_run.strategy
+    harness.seed_everything(run_cfg.seed, run_cfg.deterministic)
     with strategy.scope():  # mirrored weights, per-replica BN statistics
         model = FixedChild(child_config, arc, seed=run_cfg.seed)
     steps = FixedChildSteps(model, config.optim, dataset.train.images.shape[1:], strategy)
@@ -97,13 +88,11 @@ def _train(config, child_config, arc, arc_text, dataset, summaries: RunSummaries
 
     epoch_var = tf.Variable(0, dtype=tf.int64, name="epoch")
     step_var = tf.Variable(0, dtype=tf.int64, name="step")
-    records = checkpoints.JsonRecords({"epochs": [], "wall_time_s": 0.0})
+    records = checkpoints.JsonRecords(EMPTY_RECORDS)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=steps.optimizer,
                                      epoch=epoch_var, step=step_var, records=records)
-    manager, restored = checkpoints.restore_or_start(
-        checkpoint, restore_dir, run_dir.CHECKPOINT_DIR, optimizers=[steps.optimizer],
-        save_dir=None if restore_dir == out else out)
-    history = _restored_records(records, int(epoch_var), out)
+    manager, restored = this_run.restore(checkpoint, optimizers=[steps.optimizer])
+    history = harness.restored_records(records, EMPTY_RECORDS)
     if restored:
         print(f"Resumed from {restored} at epoch {int(epoch_var)}, step {int(step_var)}")
         _save_history(out, history)  # as of that checkpoint
@@ -121,24 +110,21 @@ def _train(config, child_config, arc, arc_text, dataset, summaries: RunSummaries
 
     for epoch in range(int(epoch_var), run_cfg.num_epochs):
         lr = cosine_lr(epoch, config.optim)
-        steps.optimizer.learning_rate.assign(lr)
+        steps.set_learning_rate(lr)
         record = {"epoch": epoch + 1, "lr": lr}
         batches = distribute.distribute_batches(strategy, train_data.epoch(epoch))
         record.update(train_one_epoch(step_fn, batches, batches_per_epoch, epoch,
                                       lr, step_var, run_cfg.log_every, start,
-                                      desc=f"epoch {epoch + 1}", summaries=summaries))
-        if (epoch + 1) % run_cfg.eval_every_epochs == 0 or epoch + 1 == run_cfg.num_epochs:
+                                      desc=f"epoch {epoch + 1}", check_stop=this_run.stop.check,
+                                      summaries=summaries))
+        if this_run.evaluates_after(epoch):
             valid_acc, test_acc, test_pred = _evaluate(steps, dataset, config.data)
             record.update(valid_accuracy=valid_acc, test_accuracy=test_acc)
         history["epochs"].append(record)
         history["wall_time_s"] = wall_before + time.time() - start
-        epoch_var.assign(epoch + 1)
-        records.set(history)
-        run_dir.failpoint("before_checkpoint")
-        checkpoints.save(manager, epoch + 1)
-        run_dir.failpoint("after_checkpoint")
+        this_run.checkpoint_epoch(manager, epoch_var, records, history, epoch + 1)
         # Everything below is rewritten from the checkpoint on resume.
-        summaries.scalars({f"epoch/{key}": record.get(key) for key in EPOCH_SCALARS}, epoch + 1)
+        this_run.epoch_scalars(record, EPOCH_SCALARS, epoch + 1)
         _save_history(out, history)
         _write_results(config, model, arc_text, int(epoch_var), valid_acc, test_acc,
                        history["wall_time_s"], dataset)
@@ -164,18 +150,6 @@ def end_of_run_summary(results: Dict, model_dir: str) -> str:
             f"  python predict.py --model {model_dir} path/to/images")
 
 
-def _restored_records(records: checkpoints.JsonRecords, epochs_done: int, out: str) -> Dict:
-    """The epoch records of the restored checkpoint (empty at a fresh start). A checkpoint
-    older than records in checkpoints gets them from the files, cut at its epoch."""
-    history = records.get()
-    if len(history["epochs"]) < epochs_done:
-        old = run_dir.read_json(os.path.join(out, HISTORY_FILE), default={"epochs": []})
-        previous = run_dir.read_json(os.path.join(out, run_dir.RESULTS_FILE), default={})
-        history = {"epochs": run_dir.up_to_epoch(old["epochs"], epochs_done),
-                   "wall_time_s": float(previous.get("wall_time_s", 0.0))}
-    return history
-
-
 VALID_TRAINED_ON = "valid_accuracy: n/a (--train_on_valid: the validation images are trained on)"
 
 
@@ -196,7 +170,7 @@ def _evaluate(steps, dataset, data_config):
 
 
 def _save_history(out: str, history: Dict) -> None:
-    run_dir.write_json_atomic(os.path.join(out, HISTORY_FILE), history)
+    harness.write_history(out, history)
     epochs = history["epochs"]
     evaluated = [e for e in epochs if "test_accuracy" in e]
     reporting.save_curves(os.path.join(out, "accuracy.png"), {

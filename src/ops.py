@@ -112,7 +112,8 @@ def separable_conv(x, depthwise, pointwise, stride: int = 1):
 
 
 # Which backward formulation is fastest on CPU, per kernel size, for stride 1
-# (tools/bench_depthwise.py, interleaved medians at [128,32,32,20] / [128,16,16,40]).
+# (interleaved medians at [128,32,32,20] / [128,16,16,40], docs/performance.md; the script
+# was tools/bench_depthwise.py, deleted once decided: git show 2c38131:tools/bench_depthwise.py).
 # Stride 2 keeps TensorFlow's own gradients. Measured on CPU only: with a GPU,
 # TensorFlow's own (cuDNN) gradients are used throughout (depthwise_gradients).
 FLIPPED_GRAD_INPUT_KERNELS = (3, 5)

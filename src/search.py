@@ -22,19 +22,18 @@ import tensorflow as tf
 
 from src import arc as arc_lib
 from src import data as data_lib
-from src import checkpoints, distribute, reporting, run_dir, selection
+from src import checkpoints, distribute, harness, reporting, run_dir, selection
+from src.child_steps import SharedChildSteps
 from src.configs import ControllerConfig, SearchConfig
 from src.controller import Controller
 from src.controller_step import ReinforceTrainer, reward_from
+from src.epoch_loop import train_one_epoch
+from src.optim import cosine_lr
 from src.phase_timer import PhaseTimer, format_time_split
 from src.shared_child import SharedChild, choose_recompute
-from src.summaries import RunSummaries
-from src.train_steps import (SharedChildSteps, check_stop, cosine_lr, seed_everything,
-                             stop_at_step_boundaries, train_one_epoch)
 
 BEST_ARC_FILE = "best_arc.txt"
 ARC_HISTORY_FILE = "arc_history.json"
-HISTORY_FILE = "history.json"
 FINAL_SELECTION_FILE = "final_selection.json"
 SUMMARY_FILE = "summary.md"
 NUM_SHOWN_ARCS = 10
@@ -75,7 +74,7 @@ def build_state(config: SearchConfig, strategy: Optional[tf.distribute.Strategy]
     """Models and counters. Under a strategy the shared child is mirrored on every
     replica; the controller is not: every worker keeps its own, identical, copy (same
     seed, same rewards)."""
-    seed_everything(config.run.seed, config.run.deterministic)
+    harness.seed_everything(config.run.seed, config.run.deterministic)
     recompute, why = choose_recompute(config.child, config.data.batch_size)
     print(f"Separable convs {'recomputed' if recompute else 'not recomputed'} in the "
           f"backward pass ({why})")
@@ -89,7 +88,7 @@ def build_state(config: SearchConfig, strategy: Optional[tf.distribute.Strategy]
         epoch=tf.Variable(0, dtype=tf.int64, name="epoch"),
         step=tf.Variable(0, dtype=tf.int64, name="step"),
         controller_step=tf.Variable(0, dtype=tf.int64, name="controller_step"),
-        records=checkpoints.JsonRecords(dict(EMPTY_RECORDS)))
+        records=checkpoints.JsonRecords(EMPTY_RECORDS))
 
 
 
@@ -147,24 +146,13 @@ def split_accuracy(steps: SharedChildSteps, split: data_lib.Split, batch_size: i
 def run(config: SearchConfig) -> Dict:
     """Searches (or resumes a search); returns what results.json holds (in a
     multi-worker run every worker returns it; only the chief writes it)."""
-    strategy = distribute.build_strategy(config.run)
-    chief = distribute.is_chief(strategy)
-    run_config, restore_dir = distribute.worker_run_config(config.run, chief)
-    config, out = dataclasses.replace(config, run=run_config), run_config.output_dir
-    try:
-        run_dir.prepare_output_dir(out, config.run.reset_output_dir and chief)
-        with run_dir.RunLock(out), run_dir.Tee(out), stop_at_step_boundaries(), \
-                distribute.peer_failures(strategy, config.run.collective_timeout_s):
-            print(reporting.format_flags(config.flags))
-            dataset = data_lib.load_dataset(config.data)
-            config = dataclasses.replace(config, child=dataclasses.replace(
-                config.child, num_classes=dataset.num_classes, channel=config.data.channel,
-                img_size=config.data.img_size))
-            print(f"Classes ({dataset.num_classes}): {', '.join(dataset.class_names)}")
-            with RunSummaries(out) as summaries:
-                return _search(config, dataset, summaries, strategy, restore_dir or out)
-    finally:
-        distribute.remove_worker_dir(out, chief)
+    with harness.open_run(config.run, config.flags) as this_run:
+        dataset = data_lib.load_dataset(config.data)
+        config = dataclasses.replace(config, run=this_run.config, child=dataclasses.replace(
+            config.child, num_classes=dataset.num_classes, channel=config.data.channel,
+            img_size=config.data.img_size))
+        print(f"Classes ({dataset.num_classes}): {', '.join(dataset.class_names)}")
+        return _search(config, dataset, this_run)
 
 
 @dataclasses.dataclass
@@ -187,9 +175,8 @@ def validation_halves(dataset, config: SearchConfig) -> Halves:
                   selection.fixed_batches(reported, batch_size))
 
 
-def _search(config: SearchConfig, dataset, summaries: RunSummaries,
-            strategy: tf.distribute.Strategy, restore_dir: str) -> Dict:
-    out, run_cfg = config.run.output_dir, config.run
+def _search(config: SearchConfig, dataset, this_run: harness.Run) -> Dict:
+    out, run_cfg, strategy = config.run.output_dir, config.run, this_run.strategy
     start = time.time()
     halves = validation_halves(dataset, config)
     state = build_state(config, strategy)
@@ -197,10 +184,9 @@ def _search(config: SearchConfig, dataset, summaries: RunSummaries,
     if distribute.is_distributed(strategy):
         print(f"Strategy: {run_cfg.strategy}, {strategy.num_replicas_in_sync} replicas: child steps "
               f"split each batch over them, controller updates score that many arcs at once")
-    manager, restored = checkpoints.restore_or_start(
-        state.checkpoint(), restore_dir, run_dir.CHECKPOINT_DIR,
-        optimizers=[state.child_steps.optimizer], save_dir=None if restore_dir == out else out)
-    records = dict(EMPTY_RECORDS, **state.records.get())
+    manager, restored = this_run.restore(state.checkpoint(), optimizers=[state.child_steps.optimizer])
+    records = harness.restored_records(state.records, EMPTY_RECORDS)
+    summaries = this_run.summaries
     timer = PhaseTimer(records["time_split_s"], records["cpu_time_s"])
     wall_before = records["wall_time_s"]
 
@@ -239,16 +225,16 @@ def _search(config: SearchConfig, dataset, summaries: RunSummaries,
                 distribute.distribute_batches(strategy, train_data.epoch(epoch, run_cfg.steps_per_epoch)),
                 batches_per_epoch, epoch, lr,
                 state.step, run_cfg.log_every, start, desc=f"epoch {epoch + 1} child",
-                summaries=summaries))
+                check_stop=this_run.stop.check, summaries=summaries))
         record["step"] = int(state.step)
         valid_iter = reward_batches(halves.selection, config, epoch)
         if trains_controller(config.controller, epoch):
             with timer.phase("controller"):
-                record.update(_train_controller(state, valid_iter, config, start, summaries))
+                record.update(_train_controller(state, valid_iter, config, start, this_run))
         with timer.phase("shown_arcs"):
             _show_sampled_arcs(state, valid_iter, sampler)
             del valid_iter  # used up: nothing of it runs on beside the next epoch's steps
-        if (epoch + 1) % run_cfg.eval_every_epochs == 0 or epoch + 1 == run_cfg.num_epochs:
+        if this_run.evaluates_after(epoch):
             with timer.phase("evaluation"):
                 record.update(_evaluate(state, halves.selection, dataset.test,
                                         config.data.eval_batch_size, sampler))
@@ -259,14 +245,10 @@ def _search(config: SearchConfig, dataset, summaries: RunSummaries,
         records["epochs"].append(record)
         with timer.phase("checkpoints_and_files"):
             note_time()
-            state.epoch.assign(epoch + 1)
-            state.records.set(records)
-            run_dir.failpoint("before_checkpoint")
-            checkpoints.save(manager, epoch + 1)
-            run_dir.failpoint("after_checkpoint")
+            this_run.checkpoint_epoch(manager, state.epoch, state.records, records, epoch + 1)
             # Everything below is rewritten from the checkpoint on resume.
             results = _write_epoch_files(config, state, records)
-            summaries.scalars({f"epoch/{key}": record.get(key) for key in EPOCH_SCALARS}, epoch + 1)
+            this_run.epoch_scalars(record, EPOCH_SCALARS, epoch + 1)
             if os.path.exists(os.path.join(out, "best_arc.png")):
                 summaries.png("best_arc", os.path.join(out, "best_arc.png"), step=epoch + 1)
 
@@ -426,7 +408,7 @@ def score_arcs_on_batches(steps: SharedChildSteps, arcs: List[List[int]], batche
 
 
 def _train_controller(state: SearchState, valid_iter, config: SearchConfig, start: float,
-                      summaries: RunSummaries) -> Dict:
+                      this_run: harness.Run) -> Dict:
     """REINFORCE: reward = shared-child accuracy on one validation batch + entropy bonus."""
     ctrl = config.controller
     print(f"Epoch {int(state.epoch) + 1}: training controller")
@@ -436,7 +418,7 @@ def _train_controller(state: SearchState, valid_iter, config: SearchConfig, star
             metrics = controller_update(state, valid_iter, ctrl)
             rewards_seen += metrics["rewards"]
             state.controller_step.assign_add(1)
-            summaries.scalars({"controller/reward": np.mean(metrics["rewards"]),
+            this_run.summaries.scalars({"controller/reward": np.mean(metrics["rewards"]),
                                "controller/baseline": state.reinforce.baseline,
                                "controller/entropy": metrics["entropy"],
                                "controller/loss": metrics["loss"],
@@ -449,7 +431,7 @@ def _train_controller(state: SearchState, valid_iter, config: SearchConfig, star
                       f"mins={(time.time() - start) / 60:.2f}")
             bar.update()
             run_dir.failpoint("controller_update")
-            check_stop()
+            this_run.stop.check()
     return {"controller_mean_reward": float(np.mean(rewards_seen)),
             "baseline": float(state.reinforce.baseline)}
 
@@ -479,7 +461,7 @@ def _evaluate(state: SearchState, valid: data_lib.Split, test: data_lib.Split, b
 
 
 def _save_history(out: str, history: Dict, num_classes: int) -> None:
-    run_dir.write_json_atomic(os.path.join(out, HISTORY_FILE), history)
+    harness.write_history(out, history)
     epochs = history["epochs"]
     evaluated = [e for e in epochs if "valid_accuracy" in e]
     with_controller = [e for e in epochs if "controller_mean_reward" in e]

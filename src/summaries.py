@@ -42,5 +42,8 @@ class RunSummaries:
     def __enter__(self) -> "RunSummaries":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
         self._writer.close()
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -36,3 +36,15 @@ def test_the_budget_sets_the_epochs_and_the_cosine_ends_at_lr_min():
     assert baseline_cnn.cosine_lr(0, 88, 0.05, 0.0) == pytest.approx(0.05)
     assert baseline_cnn.cosine_lr(44, 88, 0.05, 0.0) == pytest.approx(0.025)
     assert baseline_cnn.cosine_lr(87, 88, 0.05, 0.0) < 0.0001
+
+
+def test_train_on_valid_trains_on_both_splits_and_reports_no_valid_accuracy(tiny_folders, tmp_path,
+                                                                            capsys):
+    results = baseline_cnn.main([
+        "--train_data_dir", str(tiny_folders / "train"),
+        "--val_data_dir", str(tiny_folders / "valid"), "--test_data_dir", str(tiny_folders / "test"),
+        "--img_size", "16", "--batch_size", "16", "--epochs", "1", "--train_on_valid",
+        "--output_dir", str(tmp_path / "baseline")])
+    assert results["train_on_valid"] is True and results["valid_accuracy"] is None
+    assert results["num_test_images"] == 12
+    assert "60 training images" in capsys.readouterr().out  # 48 train + 12 valid

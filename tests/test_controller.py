@@ -36,20 +36,20 @@ def _softmax(logits):
 
 
 def test_samples_are_valid_arcs_and_sample_is_traced_once(controller):
-    arcs, log_probs, entropies = _samples(controller, 1000)
+    arcs, neg_log_probs, entropies = _samples(controller, 1000)
     for arc in arcs:
         validate_arc(arc.tolist())
     assert controller.sample.experimental_get_tracing_count() == 1
     assert len({tuple(a) for a in arcs}) > 990  # the generator advances
-    assert np.all(log_probs > 0) and np.all(entropies > 0)
+    assert np.all(neg_log_probs > 0) and np.all(entropies > 0)
 
 
-def test_log_prob_and_entropy_match_teacher_forcing_and_numpy(controller):
-    arcs, log_probs, entropies = _samples(controller, 4)
-    forced_lp, forced_ent = controller.log_prob_and_entropy(arcs)
-    np.testing.assert_allclose(forced_lp, log_probs, rtol=1e-5)
+def test_neg_log_prob_and_entropy_match_teacher_forcing_and_numpy(controller):
+    arcs, neg_log_probs, entropies = _samples(controller, 4)
+    forced_lp, forced_ent = controller.neg_log_prob_and_entropy(arcs)
+    np.testing.assert_allclose(forced_lp, neg_log_probs, rtol=1e-5)
     np.testing.assert_allclose(forced_ent, entropies, rtol=1e-5)
-    for arc, lp, ent in zip(arcs, log_probs, entropies):
+    for arc, lp, ent in zip(arcs, neg_log_probs, entropies):
         probs = [_softmax(l.astype(np.float64)) for l in controller.logits_for(arc)]
         np_lp = -sum(np.log(p[c]) for p, c in zip(probs, arc))
         np_ent = -sum((p * np.log(p)).sum() for p in probs)
@@ -99,7 +99,7 @@ def test_temperature_divides_before_the_bias():
         np.testing.assert_allclose(b, a / 2.0, rtol=1e-4, atol=1e-6)
 
 
-def test_log_prob_is_differentiable_and_entropy_is_not():
+def test_neg_log_prob_is_differentiable_and_entropy_is_not():
     controller = Controller(SMALL)
     arcs = _samples(controller, 3)[0]
     variables = controller.trainable_variables
@@ -108,7 +108,7 @@ def test_log_prob_is_differentiable_and_entropy_is_not():
     def gradients(output_index):
         # (A persistent tape would trace a much slower higher-order forward pass.)
         with tf.GradientTape() as tape:
-            total = tf.reduce_sum(controller.log_prob_and_entropy(arcs)[output_index])
+            total = tf.reduce_sum(controller.neg_log_prob_and_entropy(arcs)[output_index])
         # tf.convert_to_tensor densifies the IndexedSlices of the embedding gathers.
         return [None if g is None else tf.convert_to_tensor(g).numpy()
                 for g in tape.gradient(total, variables)]
@@ -130,10 +130,10 @@ def test_baseline_is_updated_before_each_sample_loss():
     assert stats["advantage"] == pytest.approx(0.8 - first)
     second = first - 0.01 * (first - 0.2)
     third = second - 0.01 * (second - 0.6)
-    log_prob, _ = trainer.controller.log_prob_and_entropy(arcs)
+    neg_log_prob, _ = trainer.controller.neg_log_prob_and_entropy(arcs)
     stats = trainer.update(arcs, [0.2, 0.6])
     assert stats["baseline"] == pytest.approx(third)
-    expected_loss = np.mean(log_prob.numpy() * (np.array([0.2, 0.6]) - [second, third]))
+    expected_loss = np.mean(neg_log_prob.numpy() * (np.array([0.2, 0.6]) - [second, third]))
     assert stats["loss"] == pytest.approx(expected_loss, rel=1e-5)
     assert stats["grad_norm"] > 0
     assert trainer.train_step.experimental_get_tracing_count() == 1  # K = 1, then K = 2

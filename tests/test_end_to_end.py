@@ -65,7 +65,7 @@ def test_fixed_run_trains_writes_everything_and_resumes(tiny_folders, tmp_path):
     assert 0.0 <= results["test_accuracy"] <= 1.0
     history = json.loads(read(out / "history.json"))["epochs"]
     # 16 steps on 48 images are too few for a loss that falls under every data order
-    # (test_train_steps shows the step learning); here: finite, and one per epoch.
+    # (test_optim_and_steps shows the step learning); here: finite, and one per epoch.
     losses = [epoch["train_loss"] for epoch in history]
     assert len(losses) == 4 and all(0.0 < loss < 10.0 for loss in losses)
     log = read(out / "stdout")

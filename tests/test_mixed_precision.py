@@ -15,7 +15,8 @@ from src.configs import ChildConfig, ConfigError, OptimConfig
 from src.data import Dataset, Split
 from src.fixed_child import FixedChild
 from src.shared_child import SharedChild
-from src.train_steps import DynamicLossScale, FixedChildSteps, NesterovSGD, SharedChildSteps
+from src.child_steps import FixedChildSteps, SharedChildSteps
+from src.optim import DynamicLossScale, NesterovSGD
 from tests.conftest import ROOT, tiny_child_config, without_tf_startup_lines
 
 MODES = ("off", "float16", "bfloat16")

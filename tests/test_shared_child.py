@@ -10,7 +10,7 @@ from src.configs import OptimConfig
 from src.shared_child import (KEPT_PER_NODE_PLAIN, SharedChild, SharedSepConv, choose_recompute,
                                dispatch_all_ops, dispatch_sampled_op, estimate_activation_mb,
                                sep_conv_recomputed, shared_sep_conv)
-from src.train_steps import SharedChildSteps, classification_loss
+from src.child_steps import SharedChildSteps, classification_loss
 from tests.conftest import tiny_child_config
 
 

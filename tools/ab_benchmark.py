@@ -1,6 +1,7 @@
 """A/B of `python -m src.benchmark` between two checkouts, run alternately A, B, A, B.
 
-    python tools/ab_benchmark.py --a /work/wt-base --b . [--rounds 2] [--quick]
+    git worktree add ../enas-base <commit>     # the version to compare with
+    python tools/ab_benchmark.py ../enas-base [--candidate .] [--rounds 2] [--quick]
 
 Each round runs A's benchmark, then B's (fresh processes), so slow spells of a
 shared machine hit both alike; the table gives the median of each figure over
@@ -49,21 +50,22 @@ def main(argv=None) -> None:
     b_extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--a", default="/work/wt-base", help="checkout A (the reference)")
-    parser.add_argument("--b", default=".", help="checkout B (the candidate)")
+    parser.add_argument("baseline", help="checkout A, the reference (e.g. a git worktree of "
+                        "the previous version)")
+    parser.add_argument("--candidate", default=".", help="checkout B, the candidate")
     parser.add_argument("--rounds", type=int, default=2, help="A, B pairs to run")
     parser.add_argument("--quick", action="store_true", help="the benchmarks' --quick sizes")
     args = parser.parse_args(argv)
     common = ["--quick"] if args.quick else []
     runs = {"A": [], "B": []}
     for round_id in range(args.rounds):
-        for name, checkout, extra in (("A", args.a, []), ("B", args.b, b_extra)):
+        for name, checkout, extra in (("A", args.baseline, []), ("B", args.candidate, b_extra)):
             figures = run_benchmark(checkout, common + extra)
             runs[name].append(figures)
             print(f"round {round_id + 1} {name}: " + ", ".join(
                 f"{key} {figures.get(key)}" for key in FIGURES), flush=True)
     print(json.dumps({"A": runs["A"], "B": runs["B"]}), flush=True)
-    print(f"\nmedian of {args.rounds} rounds (A = {args.a}, B = {args.b})")
+    print(f"\nmedian of {args.rounds} rounds (A = {args.baseline}, B = {args.candidate})")
     print(f"{'figure':<28} {'A':>10} {'B':>10} {'B / A':>8}  target")
     for key in FIGURES:
         a, b = median(runs["A"], key), median(runs["B"], key)

@@ -41,7 +41,10 @@ def main() -> None:
     from src.configs import (ChildConfig, ControllerConfig, DataConfig, OptimConfig, RunConfig,
                              SearchConfig)
     from src.fixed_child import FixedChild
-    from src.train_steps import FixedChildSteps
+    try:
+        from src.child_steps import FixedChildSteps
+    except ImportError:  # a checkout from before src/child_steps.py
+        from src.train_steps import FixedChildSteps
 
     images = tf.random.stateless_normal([128, 32, 32, 1], [0, 0])
     labels = tf.random.stateless_uniform([128], [0, 1], 0, 10, tf.int32)

@@ -16,6 +16,7 @@ recorded).
 
     python tools/baseline_cnn.py                                # bundled digits, 28 px, 45 min
     python tools/baseline_cnn.py --budget_minutes 10
+    python tools/baseline_cnn.py --budget_minutes 25 --train_on_valid   # as cpu_final.flags
     python tools/baseline_cnn.py --data_dir DIR --split_dir output/search/splits
 
 Prints one line per epoch, then one JSON line, also written to OUTPUT_DIR/results.json:
@@ -87,6 +88,8 @@ def parse_args(argv: Optional[List[str]] = None) -> BaselineConfig:
     add("--lr_min", type=float, default=0.0, help="Cosine schedule: the rate it ends at.")
     add("--l2_reg", type=float, default=5e-4, help="L2 weight decay on the conv and dense kernels.")
     add("--dropout", type=float, default=0.3, help="Dropout rate before the classifier.")
+    add("--train_on_valid", action="store_true", help="Train on train + valid, as "
+        "presets/cpu_final.flags retrains (the validation accuracy is then not reported).")
     add("--seed", type=int, default=0, help="Seed of the initialisation, data order and "
         "augmentation (and of the split, with --data_dir).")
     add("--output_dir", default="output/baseline_cnn", help="Folder of results.json (and the "
@@ -97,6 +100,7 @@ def parse_args(argv: Optional[List[str]] = None) -> BaselineConfig:
         data_dir=args.data_dir, valid_fraction=args.valid_fraction,
         test_fraction=args.test_fraction, channel=args.channel, img_size=args.img_size,
         batch_size=args.batch_size, eval_batch_size=args.batch_size, seed=args.seed,
+        train_on_valid=args.train_on_valid,
         cache_dir=image_cache.default_cache_dir(args.output_dir),
         split_list_dir=args.split_dir or os.path.join(args.output_dir, data_lib.SPLIT_LIST_SUBDIR))
     return BaselineConfig(data=data, output_dir=args.output_dir,
@@ -162,17 +166,18 @@ def predictions(model: keras.Model, split: data_lib.Split, batch_size: int) -> n
 def train(model: keras.Model, dataset: data_lib.Dataset, config: BaselineConfig,
           start: float) -> Tuple[int, Optional[float], float]:
     """Trains epoch by epoch, one line each; returns (epochs, first epoch's seconds, last
-    validation accuracy)."""
+    validation accuracy, None under --train_on_valid)."""
     batch_size = config.data.batch_size
     train_data = batches(dataset.train, batch_size, shuffle_seed=config.seed)
     epochs, first_epoch_s, setup_s = config.epochs, None, time.time() - start
-    valid_acc, epoch = 0.0, 0
+    valid_acc, epoch = None, 0
     while epoch < max(1, epochs):
         lr = cosine_lr(epoch, max(1, epochs), config.lr_max, config.lr_min)
         model.optimizer.learning_rate.assign(lr)
         began = time.time()
         history = model.fit(train_data, epochs=1, verbose=0, shuffle=False).history
-        valid_acc = accuracy(predictions(model, dataset.valid, batch_size), dataset.valid.labels)
+        if not config.data.train_on_valid:  # else the validation images are trained on
+            valid_acc = accuracy(predictions(model, dataset.valid, batch_size), dataset.valid.labels)
         seconds = time.time() - began
         if epoch == 0 and config.epochs == 0:
             first_epoch_s = seconds
@@ -181,7 +186,8 @@ def train(model: keras.Model, dataset: data_lib.Dataset, config: BaselineConfig,
                   f"{config.budget_minutes:g}-minute budget")
         epoch += 1
         print(f"epoch {epoch}/{epochs} lr {lr:.4f} loss {history['loss'][-1]:.4f} "
-              f"train_accuracy {history['accuracy'][-1]:.4f} valid_accuracy {valid_acc:.4f} "
+              f"train_accuracy {history['accuracy'][-1]:.4f} valid_accuracy "
+              f"{'n/a' if valid_acc is None else f'{valid_acc:.4f}'} "
               f"{seconds:.1f} s (elapsed {time.time() - start:.0f} s)", flush=True)
     return max(1, epochs), first_epoch_s, valid_acc
 
@@ -194,7 +200,7 @@ def run(config: BaselineConfig) -> Dict:
     """Loads the splits, trains, evaluates on test once; writes and returns the results."""
     start = time.time()
     keras.utils.set_random_seed(config.seed)
-    dataset = data_lib.load_dataset(config.data)
+    dataset = data_lib.load_dataset(config.data, retraining=True)
     model = build_model(config.data.img_size, config.data.channel, dataset.num_classes,
                         config.l2_reg, config.dropout, config.seed)
     model.compile(optimizer=keras.optimizers.SGD(config.lr_max, momentum=0.9, nesterov=True),
@@ -214,6 +220,7 @@ def run(config: BaselineConfig) -> Dict:
                    else "budget", "first_epoch_s": None if first_epoch_s is None
                    else round(first_epoch_s, 2)},
         "img_size": config.data.img_size, "channel": config.data.channel, "seed": config.seed,
+        "train_on_valid": config.data.train_on_valid,
     }
     os.makedirs(config.output_dir, exist_ok=True)
     run_dir.write_json_atomic(os.path.join(config.output_dir, RESULTS_FILE), results)

@@ -158,7 +158,8 @@ def throughput(epochs: int, batch_size: int) -> dict:
     from src import data
     from src.configs import ChildConfig, DataConfig, OptimConfig
     from src.fixed_child import FixedChild
-    from src.train_steps import FixedChildSteps, seed_everything
+    from src.child_steps import FixedChildSteps
+    from src.harness import seed_everything
 
     cache_dir = tempfile.mkdtemp(prefix="enas-throughput-")
     try:

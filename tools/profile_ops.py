@@ -123,7 +123,7 @@ def print_table(title: str, per_type, per_kind, wall: float, top_types: int = 12
     rows = sorted(per_kind.items(), key=lambda kv: -kv[1]) + [("host, outside ops", outside)]
     for kind, seconds in rows:
         print(f"  {kind:<26} {seconds:8.3f} {100 * seconds / total:6.1f}%")
-    print(f"  top op types: " + ", ".join(f"{t} {s:.3f}" for t, s in per_type.most_common(top_types)))
+    print("  top op types: " + ", ".join(f"{t} {s:.3f}" for t, s in per_type.most_common(top_types)))
 
 
 def main(argv=None) -> None:

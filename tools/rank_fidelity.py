@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import dataclasses
 import io
-import json
 import os
 import sys
 import time

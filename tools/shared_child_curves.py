@@ -45,7 +45,7 @@ from src.configs import ChildConfig, ControllerConfig, DataConfig, OptimConfig  
 from src.controller import Controller  # noqa: E402
 from src.search import sample_arc, uniform_sampler  # noqa: E402
 from src.shared_child import SharedChild  # noqa: E402
-from src.train_steps import SharedChildSteps  # noqa: E402
+from src.child_steps import SharedChildSteps  # noqa: E402
 
 # name -> (arc policy, overrides of ChildConfig, OptimConfig and DataConfig fields)
 VARIANTS: Dict[str, Tuple[str, Dict]] = {

@@ -5,7 +5,8 @@ import tensorflow as tf
 from src import arc as arc_lib
 from src.configs import OptimConfig
 from src.fixed_child import FixedChild
-from src.train_steps import FixedChildSteps, NesterovSGD, cosine_lr
+from src.child_steps import FixedChildSteps
+from src.optim import NesterovSGD, cosine_lr
 from tests.conftest import tiny_child_config
 
 
