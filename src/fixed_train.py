@@ -25,6 +25,9 @@ from src.optim import cosine_lr
 ARC_FILE = "arc.txt"  # the arc retrained, as main_child_trainer.py --child_fixed_arc_file reads it
 # What each epoch puts in TensorBoard (the evaluation ones on evaluated epochs only).
 EPOCH_SCALARS = ("train_loss", "train_accuracy", "valid_accuracy", "test_accuracy")
+# The epoch records kept in the checkpoint (history.json and results.json are rewritten
+# from them on resume).
+EMPTY_RECORDS = {"epochs": [], "wall_time_s": 0.0}
 
 
 def predict(steps: FixedChildSteps, split: data_lib.Split, batch_size: int) -> np.ndarray:
@@ -64,9 +67,6 @@ def _child_config_for(config: FixedTrainConfig, dataset):
     """The number of classes comes from the folders, never a hard-coded 10."""
     return dataclasses.replace(config.child, num_classes=dataset.num_classes,
                                channel=config.data.channel, img_size=config.data.img_size)
-
-
-EMPTY_RECORDS = {"epochs": [], "wall_time_s": 0.0}
 
 
 def _train(config, child_config, arc, arc_text, dataset, this_run: harness.Run) -> Dict:

@@ -176,11 +176,6 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"object of type {type(value).__name__} is not JSON serializable")
 
 
-def up_to_epoch(records: list, epoch: int) -> list:
-    """The records (dicts with an "epoch") of epochs 1..epoch."""
-    return [record for record in records if record["epoch"] <= epoch]
-
-
 def read_json(path: str, default: Any = None) -> Any:
     """The JSON content of `path`, or `default` if the file does not exist."""
     if not os.path.exists(path):

@@ -68,7 +68,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                         help="comma-separated names (see the module docstring)")
     parser.add_argument("--steps", type=int, default=200, help="child steps per variant")
     parser.add_argument("--eval_every", type=int, default=25, help="steps between evaluations")
-    parser.add_argument("--layers", type=int, default=2, help="child_num_layers")
+    parser.add_argument("--layers", type=int, default=3, help="child_num_layers (3: cpu_search.flags)")
     parser.add_argument("--filters", type=int, default=16, help="child_out_filters")
     parser.add_argument("--img_size", type=int, default=28)
     parser.add_argument("--batch_size", type=int, default=64)
