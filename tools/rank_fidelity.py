@@ -29,6 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+import cli_common  # noqa: E402
+
 from src import arc as arc_lib  # noqa: E402
 from src import data as data_lib  # noqa: E402
 from src import fixed_train, reporting, run_dir, stats  # noqa: E402
@@ -108,7 +110,7 @@ def mean_and_se(values: Sequence[float]) -> Dict:
 
 
 def run(search_dir: str, num_arcs: int, random_arcs: int, budget: ProxyBudget, seed: int) -> Dict:
-    arc_text, search_flags = read_search(search_dir)
+    _, search_flags = cli_common.read_finished_search(search_dir)  # ConfigError unless finished
     final = run_dir.read_json(os.path.join(search_dir, "final_selection.json"))
     candidates = final["candidates"]  # best first
     num_cells = int(search_flags.get("child_num_cells", arc_lib.NUM_CELLS))
@@ -173,14 +175,6 @@ def retrain_random_arcs(count: int, work: str, data: DataConfig, budget: ProxyBu
 
 def fmt_ci(interval: Sequence[float]) -> str:
     return f"[{interval[0]:+.3f}, {interval[1]:+.3f}]"
-
-
-def read_search(search_dir: str):
-    results = run_dir.read_json(os.path.join(search_dir, run_dir.RESULTS_FILE), default=None)
-    if not results or results.get("final_selection") is not True:
-        raise SystemExit(f"error: {search_dir} is not a finished search (no results.json with "
-                         '"final_selection": true)')
-    return results["best_arc"], results.get("flags") or {}
 
 
 def main(argv=None) -> Dict:
