@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Callable, Container, Dict, Tuple
+from typing import Callable, Container, Dict, List, Sequence, Set, Tuple
 
 from absl import app, flags, logging
 
-from src import data, image_cache
+from src import budget, data
 from src.arc import ArcError
-from src.configs import STRATEGIES, ChildConfig, ConfigError, DataConfig, OptimConfig, RunConfig
+from src.configs import (STRATEGIES, ChildConfig, ConfigError, DataConfig, OptimConfig,
+                         RunConfig, data_config_from_flag_values)
 from src.data import DataError
 from src.distribute import WorkerLost
 from src.run_dir import OutputDirError
@@ -61,6 +62,13 @@ def define_common_flags(*, output_dir: str, num_epochs: int, num_layers: int, ou
                         "from it. Empty = OUTPUT_DIR/cache. Safe to delete.")
     flags.DEFINE_integer("batch_size", 128, "Training and evaluation batch size.")
     flags.DEFINE_integer("num_epochs", num_epochs, "Epochs to train (0 = build, count, evaluate).")
+    flags.DEFINE_float("budget_minutes", 0.0, "Minutes the whole run may take, from start "
+                       "to exit (data decoding, tracing, evaluations, export included); 0 = "
+                       "off. The run times its first steps and plans --num_epochs and "
+                       "--child_lr_T_0 (one cosine period over the planned epochs) to end "
+                       "within it; the log, the checkpoint and results.json keep the plan, "
+                       "results.json also the flags that rerun it without a budget. A "
+                       "--num_epochs given on the command line wins over it.")
     flags.DEFINE_integer("child_num_layers", num_layers, "Layers besides the reduction layers: the paper's layout adds 2 "
                          "reductions (L + 2 layers); the 3-reduction layout puts its third at layer L.")
     flags.DEFINE_integer("child_num_cells", 5, "Nodes per cell (B); arcs have 8*B integers.")
@@ -175,19 +183,8 @@ def data_config() -> DataConfig:
     if FLAGS.data_dir and any(FLAGS[name].present for name in FOLDER_FLAGS):
         raise ConfigError("give --data_dir (one folder, split for you) or --train_data_dir, "
                           "--val_data_dir and --test_data_dir, not both")
-    return DataConfig(
-        train_dir=FLAGS.train_data_dir, valid_dir=FLAGS.val_data_dir, test_dir=FLAGS.test_data_dir,
-        channel=FLAGS.channel, img_size=FLAGS.img_size, n_aug_img=FLAGS.n_aug_img,
-        batch_size=FLAGS.batch_size, eval_batch_size=FLAGS.batch_size,
-        random_crop=FLAGS.child_random_crop, random_flip=FLAGS.child_random_flip,
-        cutout_size=FLAGS.child_cutout_size, random_affine=FLAGS.child_random_affine,
-        affine_rotate_deg=FLAGS.child_affine_rotate_deg, affine_scale=FLAGS.child_affine_scale,
-        affine_shift=FLAGS.child_affine_shift, seed=FLAGS.seed,
-        cache_dir=FLAGS.cache_dir or image_cache.default_cache_dir(FLAGS.output_dir),
-        # Read only where defined, so that it can move to the retraining script's flags.
-        train_on_valid="train_on_valid" in FLAGS and FLAGS.train_on_valid, data_dir=FLAGS.data_dir,
-        valid_fraction=FLAGS.valid_fraction, test_fraction=FLAGS.test_fraction,
-        split_list_dir=FLAGS.split_dir or os.path.join(FLAGS.output_dir, data.SPLIT_LIST_SUBDIR))
+    # --train_on_valid is the retraining script's only: the search's stays DataConfig's default.
+    return data_config_from_flag_values(flag_values())
 
 
 # ChildConfig fields set by flags that only one of the scripts defines.
@@ -220,7 +217,36 @@ def run_config() -> RunConfig:
         num_epochs=FLAGS.num_epochs, log_every=FLAGS.log_every,
         eval_every_epochs=FLAGS.eval_every_epochs, seed=FLAGS.seed,
         deterministic=FLAGS.deterministic, strategy=FLAGS.strategy,
-        devices=tuple(FLAGS.devices), collective_timeout_s=FLAGS.collective_timeout_s)
+        devices=tuple(FLAGS.devices), collective_timeout_s=FLAGS.collective_timeout_s,
+        budget_minutes=budget_minutes(flags_on_command_line(sys.argv)),
+        started_at=budget.process_started_at())
+
+
+def flags_on_command_line(argv: Sequence[str]) -> Set[str]:
+    """Names of the flags given on the real command line argv[1:], not those read from a
+    --flagfile (absl counts both as present). '--noNAME' adds NAME too (a boolean's
+    negation); a value after its flag ('--num_epochs 5') is not a name; '--' ends them."""
+    names = set()
+    for arg in argv[1:]:
+        if arg == "--":
+            break
+        if not arg.startswith("-") or arg == "-":
+            continue
+        name = arg.lstrip("-").split("=", 1)[0]
+        names.add(name)
+        if name.startswith("no"):
+            names.add(name[2:])
+    return names
+
+
+def budget_minutes(on_command_line: Container[str], values: flags.FlagValues = FLAGS) -> float:
+    """--budget_minutes, or 0 (one line says so) when --num_epochs is given on the command
+    line: that wins over a budget, e.g. a preset flagfile's."""
+    if values.budget_minutes and "num_epochs" in on_command_line:
+        print(f"--budget_minutes {values.budget_minutes:g} ignored: --num_epochs "
+              f"{values.num_epochs} is given on the command line")
+        return 0.0
+    return values.budget_minutes
 
 
 def flag_values() -> dict:
@@ -228,18 +254,43 @@ def flag_values() -> dict:
     main_module = sys.argv[0]
     names = [f.name for f in FLAGS.get_flags_for_module(main_module)]
     names += [f.name for f in FLAGS.get_flags_for_module(__name__)]
-    return {name: FLAGS[name].value for name in names}
+    values = {name: FLAGS[name].value for name in names}
+    # Which preset the run was given: configs.retrain_preset_for reads it back from a search.
+    values["flagfile"] = command_line_flagfiles(sys.argv)
+    return values
+
+
+def command_line_flagfiles(argv: Sequence[str]) -> List[str]:
+    """The --flagfile paths on the command line argv[1:], in order ('--flagfile=F' or
+    '--flagfile F'; those a flagfile names itself are not listed)."""
+    found, args = [], list(argv[1:])
+    while args:
+        arg = args.pop(0)
+        if arg == "--":
+            break
+        name, equals, value = arg.lstrip("-").partition("=")
+        if arg.startswith("-") and name == "flagfile":
+            found.append(value if equals else (args.pop(0) if args else ""))
+    return [path for path in found if path]
 
 
 # ----------------------------------------------------------------------------
 # Retraining: --from_search (pure: main_child_trainer.py
 # reads and sets the flags)
 
-# The search's flags a retrain --from_search takes unless it is given them: its data, the
-# image size and colour, and the nodes per cell the arc was drawn with.
+# The search's flags a retrain --from_search takes unless the command line gives them (a
+# preset flagfile's values do not count): its data, the image size and colour, and the
+# nodes per cell and reductions the arc was drawn with.
 DATA_SOURCE_FLAGS = ("train_data_dir", "val_data_dir", "test_data_dir", "data_dir",
                      "valid_fraction", "test_fraction")
-FROM_SEARCH_FLAGS = DATA_SOURCE_FLAGS + ("channel", "img_size", "child_num_cells")
+FROM_SEARCH_FLAGS = DATA_SOURCE_FLAGS + ("channel", "img_size", "child_num_cells",
+                                         "child_num_reductions")
+# The search's on-the-fly augmentation, taken unless the command line or a preset sets it:
+# a retrain preset may choose its own for the longer training (cpu_final.flags adds the
+# affine), but one that is silent keeps what the search trained with (flips on photos).
+AUGMENTATION_FLAGS = ("child_random_crop", "child_random_flip", "child_cutout_size",
+                      "child_random_affine", "child_affine_rotate_deg", "child_affine_scale",
+                      "child_affine_shift")
 # Given any of these, the data source is the command line's: none of DATA_SOURCE_FLAGS is taken.
 DATA_FOLDER_FLAGS = ("train_data_dir", "val_data_dir", "test_data_dir", "data_dir")
 
@@ -282,11 +333,12 @@ def read_finished_search(directory: str) -> Tuple[str, Dict]:
     return arc, search_flags if isinstance(search_flags, dict) else {}
 
 
-def search_flags_to_take(search_flags: Dict, given: Container[str],
-                         defined: Container[str]) -> Dict:
-    """{flag: the search's value} for FROM_SEARCH_FLAGS the search recorded and this script
-    defines, except those given; given a data folder, no data-source flag is taken."""
-    names = FROM_SEARCH_FLAGS
+def search_flags_to_take(search_flags: Dict, given: Container[str], defined: Container[str],
+                         preset: Container[str] = ()) -> Dict:
+    """{flag: the search's value} for FROM_SEARCH_FLAGS and AUGMENTATION_FLAGS the search
+    recorded and this script defines, except those `given` on the command line and the
+    augmentation a `preset` sets; given a data folder, no data-source flag is taken."""
+    names = FROM_SEARCH_FLAGS + tuple(name for name in AUGMENTATION_FLAGS if name not in preset)
     if any(name in given for name in DATA_FOLDER_FLAGS):
         names = tuple(name for name in names if name not in DATA_SOURCE_FLAGS)
     return {name: search_flags[name] for name in names
@@ -294,11 +346,12 @@ def search_flags_to_take(search_flags: Dict, given: Container[str],
 
 
 def from_search_flag_values(directory: str, search_flags: Dict, given: Container[str],
-                            values: Dict) -> Dict:
+                            values: Dict, preset: Container[str] = ()) -> Dict:
     """{flag: value} that a retrain --from_search directory sets, given the search's flags,
-    the flags given to the retrain and its flag values now: search_flags_to_take, and
-    --split_dir = the search's split lists if the retrain splits the same folder the same way."""
-    taken = search_flags_to_take(search_flags, given, defined=values)
+    the flags given on the retrain's command line, those its --flagfile sets, and its flag
+    values now: search_flags_to_take, and --split_dir = the search's split lists if the
+    retrain splits the same folder the same way."""
+    taken = search_flags_to_take(search_flags, given, defined=values, preset=preset)
     if "split_dir" in values and "split_dir" not in given:
         split_dir = search_split_dir(directory, search_flags, {**values, **taken})
         if split_dir:

@@ -6,6 +6,7 @@
     python main_child_trainer.py --child_fixed_arc random --seed 3
 """
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep the log for the run's own lines
 
@@ -27,9 +28,12 @@ flags.DEFINE_string("child_fixed_arc_file", None, "A file holding the arc string
                     "search's best_arc.txt.")
 flags.DEFINE_string("from_search", None, "A finished search's --output_dir: retrain its "
                     "best_arc.txt with the search's data flags (data folders or --data_dir and "
-                    "its fractions and split lists), --channel, --img_size and "
-                    "--child_num_cells, read from its results.json; flags given here override "
-                    "them. Not with --child_fixed_arc or --child_fixed_arc_file.")
+                    "its fractions and split lists), --channel, --img_size, "
+                    "--child_num_cells and --child_num_reductions, read from its "
+                    "results.json, whatever a --flagfile says: only flags typed on the command "
+                    "line override them. Its augmentation (--child_random_flip, crop, cutout, "
+                    "affine) too, unless the command line or a --flagfile sets it. Not with "
+                    "--child_fixed_arc or --child_fixed_arc_file.")
 FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(cli_common)  # --help lists every flag of the script,
 flags.adopt_module_key_flags(flags)  # --flagfile included
@@ -54,17 +58,16 @@ def arc_from_flags() -> str:
     return FLAGS.child_fixed_arc or DEFAULT_ARC
 
 
-def given_flags() -> set:
-    """Names of the flags given on the command line (or in a --flagfile)."""
-    return {name for name in FLAGS if FLAGS[name].present}
-
-
 def arc_from_search() -> str:
-    """--from_search DIR: its best arc; its data flags become this run's where none was
-    given, and its split lists this run's when it split the same --data_dir the same way."""
+    """--from_search DIR: its best arc; its data, image and cell-shape flags become this
+    run's unless typed on the command line (a preset's do not count), its augmentation
+    unless the command line or a preset sets it, and its split lists this run's when it
+    split the same --data_dir the same way."""
     arc, search_flags = cli_common.read_finished_search(FLAGS.from_search)
-    taken = cli_common.from_search_flag_values(FLAGS.from_search, search_flags, given_flags(),
-                                               cli_common.flag_values())
+    given = cli_common.flags_on_command_line(sys.argv)
+    from_preset = {name for name in FLAGS if FLAGS[name].present} - given
+    taken = cli_common.from_search_flag_values(FLAGS.from_search, search_flags, given,
+                                               cli_common.flag_values(), preset=from_preset)
     for name, value in taken.items():
         FLAGS[name].value = value
     print(f"From the search in {FLAGS.from_search}: its best arc {arc}"

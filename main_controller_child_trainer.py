@@ -1,8 +1,12 @@
 """Search for a cell with ENAS: a controller samples arcs, a weight-shared child
 trains on them, REINFORCE rewards the arcs that classify the validation set well.
 
-    python main_controller_child_trainer.py
-    python main_child_trainer.py --child_fixed_arc_file output/search/best_arc.txt
+    python main_controller_child_trainer.py --flagfile presets/cpu_search.flags
+    python main_child_trainer.py --flagfile presets/cpu_final.flags --from_search output/search
+
+Retrain with the final preset that fits the search preset (NAME_search.flags ->
+NAME_final.flags: cpu_, photo_, paper_cifar10_, variant_) and --from_search, which takes
+the search's data, image size, --channel and cell shape; summary.md names the command.
 """
 import dataclasses
 import os
@@ -46,6 +50,15 @@ flags.DEFINE_integer("num_lift_arcs", 30, "At every evaluation, this many arcs o
 flags.DEFINE_integer("num_final_arcs", 100, "Final selection: fresh arcs drawn from the final "
                      "policy, scored with the best 10 arcs of the arc history on the final "
                      "shared weights; the best on the selection half is best_arc.txt.")
+flags.DEFINE_integer("score_images", 1000, "Scoring reads a seeded sample of at most this many "
+                     "images of each validation half: the selection half's for the rewards, the "
+                     "lift, the evaluation and the final selection, the report half's for the "
+                     "final report and the held-out lift. Keeps scoring's cost independent of "
+                     "the data's size (0 = the whole halves).")
+flags.DEFINE_boolean("search_test_accuracy", False, "Also print the shared child's accuracy on "
+                     "the test split at every evaluation, as the authors do. Off by default: "
+                     "the search never needs the test split, and reading it invites choosing "
+                     "on it.")
 flags.DEFINE_boolean("final_selection", True, "Choose best_arc.txt at the end of the search on "
                      "the final weights (see --num_final_arcs). Off = the authors: no best arc "
                      "is chosen (best_arc.txt, if written, is only the best so far).")
@@ -69,7 +82,8 @@ def controller_config() -> ControllerConfig:
         train_steps=FLAGS.controller_train_steps, train_every=FLAGS.controller_train_every,
         start_epoch=FLAGS.controller_start_epoch, policy=FLAGS.search_policy,
         num_lift_arcs=FLAGS.num_lift_arcs, num_final_arcs=FLAGS.num_final_arcs,
-        final_selection=FLAGS.final_selection, seed=FLAGS.seed)
+        final_selection=FLAGS.final_selection, score_images=FLAGS.score_images,
+        search_test_accuracy=FLAGS.search_test_accuracy, seed=FLAGS.seed)
 
 
 def main(argv):

@@ -34,8 +34,8 @@ from src import search  # noqa: E402
 from src.configs import ChildConfig, ControllerConfig, OptimConfig, SearchConfig  # noqa: E402
 from src.configs import DataConfig, RunConfig  # noqa: E402
 from src.fixed_child import FixedChild  # noqa: E402
-from src.shared_child import dispatch_all_ops  # noqa: E402
-from src.child_steps import FixedChildSteps  # noqa: E402
+from src.shared_child import ALL_OPS  # noqa: E402
+from src.child_steps import FixedChildSteps, SharedChildSteps  # noqa: E402
 
 CHANNELS, NUM_CLASSES = 1, 10
 
@@ -166,8 +166,8 @@ def median_time(fn, steps: int, warmup: int) -> float:
 
 def tracing_count(state: search.SearchState) -> int:
     """tf.function traces so far, over every compiled piece of the search."""
-    functions = state.child.compiled_functions() + [
-        state.child_steps._apply, state.controller.sample, state.controller.neg_log_prob_and_entropy,
+    functions = state.child_steps.compiled_functions() + [
+        state.controller.sample_batch, state.controller.neg_log_prob_and_entropy,
         state.reinforce.train_step]
     return sum(f.experimental_get_tracing_count() for f in functions)
 
@@ -178,16 +178,18 @@ def measure_sampled_search(plan: Plan, recompute: str = "auto") -> dict:
     state = search.build_state(config)
     train, valid = synthetic_batches(plan, 0), synthetic_batches(plan, 1)
 
+    sample = search.controller_sampler(state.controller)
+
     def child_step():
         images, labels = next(train)
-        float(search.child_step(state, images, labels)["loss"])  # waits for the step
+        float(search.child_step(state, images, labels, sample(1)[0])["loss"])  # waits for the step
 
     child_step()
     startup = time.time() - process_start_time()
     # Warm-up: every compiled piece at every shape, then one of each measured call.
-    state.child_steps.warm_up(*next(train))
+    state.child_steps.warm_up()
     images, labels = next(valid)
-    arc = search.sample_arc(state.controller)
+    arc = sample(1)[0]
 
     def valid_forward():
         float(state.child_steps.count_correct(images, labels, arc))
@@ -217,13 +219,16 @@ def measure_sampled_search(plan: Plan, recompute: str = "auto") -> dict:
 
 def measure_all_ops_search(plan: Plan) -> float:
     """The same search step computing all five ops of every node and selecting."""
-    state = search.build_state(search_config(plan))  # same seed: same initial weights
-    state.child.dispatch = dispatch_all_ops
+    config = search_config(plan)
+    state = search.build_state(config)  # same seed: same initial weights
+    state.child.wiring = ALL_OPS
+    state.child_steps = SharedChildSteps(state.child, config.optim)  # traced with this wiring
     train = synthetic_batches(plan, 0)
+    sample = search.controller_sampler(state.controller)
 
     def child_step():
         images, labels = next(train)
-        float(search.child_step(state, images, labels)["loss"])
+        float(search.child_step(state, images, labels, sample(1)[0])["loss"])
 
     return median_time(child_step, plan.all_ops_steps, warmup=1)
 

@@ -1,9 +1,10 @@
 """The compiled train and evaluation steps of both children, on one interface.
 
-  * FixedChildSteps: the arc is static, so the whole train step is one tf.function;
-  * SharedChildSteps: the forward pass follows the sampled arc eagerly (its expensive
-    pieces are compiled, see src/shared_child.py) and the update is one compiled
-    function.
+  * FixedChildSteps: the arc is built into the model;
+  * SharedChildSteps: the arc is an int32 tensor argument, so one trace serves every
+    arc (src/shared_child.py).
+
+Either way the whole train step (forward, backward, update) is one tf.function.
 
 Both: set_learning_rate(lr), and train_step(images, labels, step_input) -> {loss,
 grad_norm, correct} (plus count under a strategy), where step_input is what the child
@@ -20,7 +21,6 @@ from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
-from src import arc as arc_lib
 from src import distribute, ops
 from src.configs import ChildConfig, OptimConfig
 from src.optim import NesterovSGD, loss_scale_for
@@ -39,9 +39,15 @@ def classification_loss(labels, logits, aux_logits, aux_weight: float, global_co
     return loss if global_count is None else loss / global_count
 
 
-def count_correct(labels, logits):
+def correct_predictions(labels, logits):
+    """How many argmax predictions of logits [N, classes] equal labels [N] (int32 [])."""
     predictions = tf.argmax(logits, axis=1, output_type=tf.int32)
     return tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.int32))
+
+
+def images_spec(image_shape: Sequence[int]) -> tf.TensorSpec:
+    """A batch of any size of float32 images [N, H, W, C]."""
+    return tf.TensorSpec([None, *image_shape], tf.float32)
 
 
 def global_batch_size(labels):
@@ -76,6 +82,22 @@ class ChildSteps:
     def set_learning_rate(self, lr: float) -> None:
         self.optimizer.learning_rate.assign(lr)
 
+    def _compiled_train_step(self, image_shape: Sequence[int], step_input: tf.TensorSpec):
+        """train_step(images, labels, step_input) as one tf.function: forward, backward
+        and the update. No autograph: the models' Python control flow is over Python
+        values only, and converting it tripled the shared child's tracing time. One trace on one device; under a strategy the signature follows
+        the distributed batches."""
+        if not distribute.is_distributed(self.strategy):
+            return tf.function(
+                lambda images, labels, extra: self._one_device_step(
+                    images, labels, extra, self.optimizer.apply),
+                input_signature=[images_spec(image_shape), tf.TensorSpec([None], tf.int32),
+                                 step_input], autograph=False)
+        return tf.function(
+            lambda images, labels, extra: self._distributed_step(
+                images, labels, extra, self.optimizer.apply), reduce_retracing=True,
+            autograph=False)
+
     def _train_forward(self, images, step_input):
         """(logits, aux logits or None) of the child in training mode."""
         raise NotImplementedError
@@ -96,7 +118,7 @@ class ChildSteps:
     def _one_device_step(self, images, labels, step_input, apply) -> Dict[str, tf.Tensor]:
         loss, grads, logits = self._loss_and_gradients(images, labels, step_input)
         grad_norm = apply(grads)
-        return {"loss": loss, "grad_norm": grad_norm, "correct": count_correct(labels, logits)}
+        return {"loss": loss, "grad_norm": grad_norm, "correct": correct_predictions(labels, logits)}
 
     def _replica_sums(self, images, labels, step_input):
         """A replica's share of the step; returns the loss, gradients, correct and count
@@ -104,7 +126,7 @@ class ChildSteps:
         loss, grads, logits = self._loss_and_gradients(images, labels, step_input,
                                                        global_batch_size(labels))
         # One dtype for the whole all-reduce (it packs its tensors together).
-        counts = tf.cast(tf.stack([count_correct(labels, logits), tf.shape(labels)[0]]), tf.float32)
+        counts = tf.cast(tf.stack([correct_predictions(labels, logits), tf.shape(labels)[0]]), tf.float32)
         return tf.distribute.get_replica_context().all_reduce(
             tf.distribute.ReduceOp.SUM, (loss, grads, counts))
 
@@ -127,18 +149,9 @@ class FixedChildSteps(ChildSteps):
     def __init__(self, model, optim: OptimConfig, image_shape: Sequence[int],
                  strategy: Optional[tf.distribute.Strategy] = None):
         super().__init__(model, optim, model.trainable_variables, strategy)
-        images = tf.TensorSpec([None, *image_shape], tf.float32)
-        labels = tf.TensorSpec([None], tf.int32)
-        if not distribute.is_distributed(self.strategy):
-            self.train_step = tf.function(
-                lambda images, labels, progress: self._one_device_step(
-                    images, labels, progress, self.optimizer.apply),
-                input_signature=[images, labels, tf.TensorSpec([], tf.float32)])
-        else:  # distributed batches: the signature follows them
-            self.train_step = tf.function(
-                lambda images, labels, progress: self._distributed_step(
-                    images, labels, progress, self.optimizer.apply), reduce_retracing=True)
-        self.eval_step = tf.function(self._eval_step, input_signature=[images])
+        self.train_step = self._compiled_train_step(image_shape, tf.TensorSpec([], tf.float32))
+        self.eval_step = tf.function(self._eval_step, input_signature=[images_spec(image_shape)],
+                                     autograph=False)
 
     def _train_forward(self, images, progress):
         return self.model(images, training=True, progress=progress)
@@ -150,9 +163,9 @@ class FixedChildSteps(ChildSteps):
 
 
 class SharedChildSteps(ChildSteps):
-    """Search-phase steps for a SharedChild; train_step's step_input is the arc. Under a
-    strategy every replica runs the same arc on its slice (eagerly, one thread per local
-    replica)."""
+    """Search-phase steps for a SharedChild; train_step's step_input is the arc, int32
+    [8 * B]. Both the train step and the scoring forward are one compiled function
+    each, traced once for every arc (src/shared_child.py)."""
 
     def __init__(self, model, optim: OptimConfig, strategy: Optional[tf.distribute.Strategy] = None):
         # The variant's quirk (train_aux_head off): the aux loss still reaches the body,
@@ -160,15 +173,26 @@ class SharedChildSteps(ChildSteps):
         variables = (model.trainable_variables if model.config.train_aux_head
                      else model.body_variables())
         super().__init__(model, optim, variables, strategy)
-        self._apply = tf.function(self.optimizer.apply)
+        config = model.config
+        self.image_shape = (config.img_size, config.img_size, config.channel)
+        self.arc_spec = tf.TensorSpec([model.arc_length], tf.int32)
+        self.train_step = self._compiled_train_step(self.image_shape, self.arc_spec)
+        self.count_correct = tf.function(
+            self._count_correct,
+            input_signature=[images_spec(self.image_shape), tf.TensorSpec([None], tf.int32),
+                             self.arc_spec], autograph=False)
 
-    def train_step(self, images, labels, arc: Sequence[int]) -> Dict[str, tf.Tensor]:
-        if distribute.is_distributed(self.strategy):
-            return self._distributed_step(images, labels, arc, self._apply)
-        return self._one_device_step(images, labels, arc, self._apply)
+    def compiled_functions(self):
+        """The step's compiled functions (to count traces)."""
+        return [self.train_step, self.count_correct]
 
     def _train_forward(self, images, arc):
         return self.model(images, arc, training=True)
+
+    def _count_correct(self, images, labels, arc):
+        """Correct predictions of the shared child with `arc` (batch-stat BN, no dropout)."""
+        logits, _ = self.model(images, arc, training=False)
+        return correct_predictions(labels, logits)
 
     def count_correct_in_parallel(self, batches, arcs) -> List[int]:
         """Correct predictions of each arc on its batch, one arc per replica at once (all
@@ -178,26 +202,20 @@ class SharedChildSteps(ChildSteps):
             return self.strategy.experimental_distribute_values_from_function(
                 lambda context: batches[context.replica_id_in_sync_group][index])
 
-        def replica_count(images, labels):
-            replica = int(tf.distribute.get_replica_context().replica_id_in_sync_group)
-            return tf.reshape(self.count_correct(images, labels, arcs[replica]), [1])
-
-        counts = self.strategy.run(replica_count, args=(replica_value(0), replica_value(1)))
+        arc_values = self.strategy.experimental_distribute_values_from_function(
+            lambda context: arcs[context.replica_id_in_sync_group])
+        counts = self.strategy.run(lambda images, labels, arc: tf.reshape(
+            self.count_correct(images, labels, arc), [1]),
+            args=(replica_value(0), replica_value(1), arc_values))
         return [int(c) for c in self.strategy.gather(counts, axis=0).numpy()]
 
-    def warm_up(self, images, labels) -> None:
-        """Traces every compiled piece (forward, backward, evaluation) on two arcs that
-        use every op, without an optimizer step, and without using up dropout draws (a
-        resumed run warms up too, and must draw what an uninterrupted one does)."""
-        rng_state = tf.identity(self.model.rng.state)
-        for arc in arc_lib.warm_up_arcs(self.model.config.num_cells):
-            self._loss_and_gradients(images, labels, arc)
-            self.model(images, arc, training=False)
-        # Trace the update without running it (running it would move the weights).
-        self._apply.get_concrete_function([tf.TensorSpec(v.shape, v.dtype) for v in self.variables])
-        self.model.rng.state.assign(rng_state)
-
-    def count_correct(self, images, labels, arc: Sequence[int]):
-        """Correct predictions of the shared child with `arc` (batch-stat BN, no dropout)."""
-        logits, _ = self.model(images, arc, training=False)
-        return count_correct(labels, logits)
+    def warm_up(self) -> None:
+        """Traces the train step and the scoring forward without running them (running
+        would move the weights and use up dropout draws, which a resumed run must draw
+        as an uninterrupted one does). A distributed step is traced at its first call."""
+        labels = tf.TensorSpec([None], tf.int32)
+        if not distribute.is_distributed(self.strategy):
+            self.train_step.get_concrete_function(images_spec(self.image_shape), labels,
+                                                  self.arc_spec)
+        self.count_correct.get_concrete_function(images_spec(self.image_shape), labels,
+                                                 self.arc_spec)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional, Tuple
+import math
+import os
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 
 class ConfigError(ValueError):
@@ -165,6 +167,10 @@ class ControllerConfig:
     # False: the authors' behaviour, no final selection (and best_arc.txt only holds the
     # best arc so far, if arcs were scored).
     final_selection: bool = True
+    # Images of each validation half that scoring reads (a seeded sample; 0 = all).
+    score_images: int = 1000
+    # The authors print the shared child's test accuracy at each evaluation; off here.
+    search_test_accuracy: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -175,6 +181,7 @@ class ControllerConfig:
         _require(self.num_lift_arcs == 0 or self.num_lift_arcs >= 2,
                  f"--num_lift_arcs must be 0 (off) or >= 2 (an error bar needs two), "
                  f"got {self.num_lift_arcs}")
+        _require(self.score_images >= 0, f"--score_images must be >= 0, got {self.score_images}")
         _require(self.num_final_arcs >= 0,
                  f"--num_final_arcs must be >= 0, got {self.num_final_arcs}")
         _require(self.num_aggregate >= 1,
@@ -208,6 +215,12 @@ class RunConfig:
     strategy: str = "default"
     devices: Tuple[str, ...] = ()  # mirrored only; empty = every local GPU (or the CPU)
     collective_timeout_s: float = 300.0  # multi_worker: a peer silent this long is dead
+    # Minutes the whole run may take (0 = off): the loop measures its first steps and
+    # plans num_epochs and the cosine's lr_T_0 to end within them (src/budget.py).
+    budget_minutes: float = 0.0
+    # time.time() the budget counts from: the process's start (the entry scripts); 0 =
+    # when the loop's run() is called.
+    started_at: float = 0.0
 
     def __post_init__(self):
         _require(self.strategy in STRATEGIES,
@@ -222,6 +235,13 @@ class RunConfig:
         _require(self.log_every >= 1, f"--log_every must be >= 1, got {self.log_every}")
         _require(self.eval_every_epochs >= 1,
                  f"--eval_every_epochs must be >= 1, got {self.eval_every_epochs}")
+        _require(math.isfinite(self.budget_minutes) and self.budget_minutes >= 0,
+                 f"--budget_minutes must be >= 0 (0 = off), got {self.budget_minutes}")
+        # Each worker would measure its own times and plan its own epochs, and the
+        # collectives of workers planning differently would wait for each other forever.
+        _require(not self.budget_minutes or self.strategy != "multi_worker",
+                 "--budget_minutes does not work with --strategy multi_worker yet; give "
+                 "--num_epochs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,3 +264,68 @@ class SearchConfig:
     controller: ControllerConfig
     run: RunConfig
     flags: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------
+# From flag values (absl's, a search's recorded flags, or a tool's own arguments named as
+# the flags) to configs. Plain mappings: nothing under src/ reads absl's FLAGS.
+
+CACHE_SUBDIR = "cache"  # the default decoded-image cache folder inside the output folder
+SPLIT_LIST_SUBDIR = "splits"  # the default split-list folder inside the output folder
+
+# DataConfig field -> the flag that sets it. cache_dir and split_list_dir are derived
+# (see data_config_from_flag_values); eval_batch_size follows --batch_size.
+DATA_FIELD_FLAGS = {
+    "train_dir": "train_data_dir", "valid_dir": "val_data_dir", "test_dir": "test_data_dir",
+    "channel": "channel", "img_size": "img_size", "n_aug_img": "n_aug_img",
+    "batch_size": "batch_size", "eval_batch_size": "batch_size",
+    "random_crop": "child_random_crop", "random_flip": "child_random_flip",
+    "cutout_size": "child_cutout_size", "random_affine": "child_random_affine",
+    "affine_rotate_deg": "child_affine_rotate_deg", "affine_scale": "child_affine_scale",
+    "affine_shift": "child_affine_shift", "seed": "seed", "train_on_valid": "train_on_valid",
+    "data_dir": "data_dir", "valid_fraction": "valid_fraction", "test_fraction": "test_fraction",
+}
+
+
+def data_config_from_flag_values(values: Mapping[str, object]) -> DataConfig:
+    """The DataConfig that flag values describe ({flag name: value}); a flag missing from
+    `values` keeps DataConfig's default. An empty --cache_dir or --split_dir means
+    OUTPUT_DIR/cache or OUTPUT_DIR/splits when values has an output_dir (a search read
+    back from another folder: pass {**its_flags, "output_dir": where_it_is_now}), else
+    '' (a temporary cache; split lists not kept)."""
+    fields = {field: values[flag] for field, flag in DATA_FIELD_FLAGS.items() if flag in values}
+    output_dir = str(values.get("output_dir") or "")
+    fields["cache_dir"] = str(values.get("cache_dir") or "") or _inside(output_dir, CACHE_SUBDIR)
+    fields["split_list_dir"] = (str(values.get("split_dir") or "")
+                                or _inside(output_dir, SPLIT_LIST_SUBDIR))
+    return DataConfig(**fields)
+
+
+def _inside(output_dir: str, subdir: str) -> str:
+    return os.path.join(output_dir, subdir) if output_dir else ""
+
+
+# The repository's presets: a search preset NAME_search.flags has its retrain preset
+# NAME_final.flags beside it.
+SEARCH_PRESET_SUFFIX, FINAL_PRESET_SUFFIX = "_search.flags", "_final.flags"
+PHOTO_FINAL_PRESET = "presets/photo_final.flags"
+DIGIT_FINAL_PRESET = "presets/cpu_final.flags"
+
+
+def retrain_preset_for(search_flags: Mapping[str, object]) -> str:
+    """The retrain preset that fits a search, from its flag values: the NAME_final.flags
+    beside the NAME_search.flags flagfile it was run with (its recorded "flagfile", the
+    last such file that exists, as seen from the current folder); else by its colour:
+    --channel 3 -> presets/photo_final.flags, grey -> presets/cpu_final.flags."""
+    for flagfile in reversed(recorded_flagfiles(search_flags)):
+        if flagfile.endswith(SEARCH_PRESET_SUFFIX):
+            final = flagfile[:-len(SEARCH_PRESET_SUFFIX)] + FINAL_PRESET_SUFFIX
+            if os.path.isfile(final):
+                return final
+    return PHOTO_FINAL_PRESET if search_flags.get("channel") == 3 else DIGIT_FINAL_PRESET
+
+
+def recorded_flagfiles(flag_values: Mapping[str, object]) -> List[str]:
+    """The --flagfile paths a run recorded under "flagfile" (a list, or one string)."""
+    recorded = flag_values.get("flagfile") or []
+    return [recorded] if isinstance(recorded, str) else [str(path) for path in recorded]

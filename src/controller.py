@@ -52,13 +52,19 @@ class Controller(tf.Module):
 
     # ------------------------------------------------------------------ public
 
-    @tf.function(input_signature=[])
-    def sample(self):
-        """One arc: (arc int32 [L], neg_log_prob float32 [], entropy float32 []).
+    @tf.function(input_signature=[tf.TensorSpec([], tf.int32)])
+    def sample_batch(self, count):
+        """`count` arcs drawn at once, in one batched walk: (arcs int32 [count, L],
+        neg_log_prob float32 [count], entropy float32 [count]).
 
         neg_log_prob is the summed cross-entropy (-log p) of all choices."""
-        arcs, logits = self._walk(self._draw, batch=1)
+        arcs, logits = self._walk(self._draw, batch=count)
         neg_log_prob, entropy = _neg_log_prob_and_entropy(logits, arcs)
+        return arcs, neg_log_prob, entropy
+
+    def sample(self):
+        """One arc: (arc int32 [L], neg_log_prob float32 [], entropy float32 [])."""
+        arcs, neg_log_prob, entropy = self.sample_batch(tf.constant(1))
         return arcs[0], neg_log_prob[0], entropy[0]
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)])

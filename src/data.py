@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from src import image_cache, run_dir
+from src import configs, image_cache, run_dir
 from src.configs import ConfigError, DataConfig
 # Re-exported: the folder and image functions live in image_cache, below this module.
 from src.image_cache import (IMAGE_EXTENSIONS, DataError, is_image_name, list_classes,  # noqa: F401
@@ -45,7 +45,7 @@ CROP_PAD = 4
 # One folder split into three: the lists of files, one path relative to the folder a line.
 SPLIT_NAMES = ("train", "valid", "test")
 SPLIT_INFO_FILE = "split.json"  # how the lists were drawn (for the record)
-SPLIT_LIST_SUBDIR = "splits"  # the default list folder inside the output folder
+SPLIT_LIST_SUBDIR = configs.SPLIT_LIST_SUBDIR  # the default list folder inside the output folder
 
 BUNDLED_DATA_NOTE = ("Data: the bundled MNIST digits in data/ (data/train, data/valid, data/test). "
                      "For your own images give --data_dir DIR (one folder of class subfolders, "
@@ -104,6 +104,10 @@ def load_dataset(config: DataConfig, verbose: bool = True, retraining: bool = Fa
         print(BUNDLED_DATA_NOTE)
     train, valid, test = read_splits(config, verbose)
     check_same_classes(train, ("valid", valid), ("test", test))
+    warning = verbose and image_cache.channel_mismatch_warning(
+        train.paths, config.channel, config.data_dir or config.train_dir)
+    if warning:
+        print(warning)
     if config.train_on_valid:
         train = merged_split(train, valid, config.cache_dir, verbose)
     if config.n_aug_img > 1:

@@ -2,11 +2,10 @@
 TensorBoard figures, stopped by a non-finite loss or, at a step boundary, by a signal."""
 from __future__ import annotations
 
-import math
 import signal
 import threading
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -59,11 +58,41 @@ class StopSignals:
             raise StopRequested(self.signum)
 
 
-def check_finite(loss: float, grad_norm: float, epoch: int, step: int) -> None:
-    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-        raise NonFiniteLoss(f"the loss became {loss} (gradient norm {grad_norm}) at epoch "
-                            f"{epoch + 1}, step {step}; nothing of it was checkpointed. A lower "
-                            "--child_lr_max usually helps")
+def first_non_finite(figures: np.ndarray) -> Optional[int]:
+    """Index of the first row of figures [steps, 2] (loss, gradient norm) holding a NaN
+    or an infinity, else None."""
+    bad = np.flatnonzero(~np.isfinite(figures).all(axis=1))
+    return int(bad[0]) if len(bad) else None
+
+
+def non_finite_error(loss: float, grad_norm: float, epoch: int, step: int) -> NonFiniteLoss:
+    return NonFiniteLoss(f"the loss became {loss} (gradient norm {grad_norm}) at epoch "
+                         f"{epoch + 1}, step {step}; nothing of it was checkpointed. A lower "
+                         "--child_lr_max usually helps")
+
+
+class StepFigures:
+    """The figures of the steps since the last read, kept as tensors: read back to the
+    host (one sync) every log_every steps and at the epoch's end, not after every step."""
+
+    def __init__(self):
+        self.pending: List[Tuple[int, Dict[str, tf.Tensor], int]] = []
+
+    def add(self, step: int, metrics: Dict[str, tf.Tensor], batch) -> None:
+        self.pending.append((step, metrics, batch))
+
+    def read(self) -> List[Tuple[int, float, float, int, int]]:
+        """(step, loss, grad_norm, correct, batch size) of each pending step, in order."""
+        if not self.pending:
+            return []
+        keys = ("loss", "grad_norm", "correct")
+        values = np.asarray(tf.stack([tf.stack([tf.cast(m[k], tf.float32) for k in keys])
+                                      for _, m, _ in self.pending]))  # [steps, 3]
+        batches = [int(m["count"]) if "count" in m else batch for _, m, batch in self.pending]
+        rows = [(step, float(loss), float(norm), int(correct), size) for (step, _, _), (loss, norm, correct), size
+                in zip(self.pending, values, batches)]
+        self.pending = []
+        return rows
 
 
 def train_one_epoch(step_fn: StepFn, batches, num_batches: int, epoch: int, lr: float,
@@ -72,34 +101,50 @@ def train_one_epoch(step_fn: StepFn, batches, num_batches: int, epoch: int, lr: 
                     summaries: Optional[RunSummaries] = None) -> Dict[str, float]:
     """Runs step_fn(images, labels) -> {loss, grad_norm, correct} over one epoch with a
     progress bar, a log line every log_every steps (global step counter `step`) and,
-    given summaries, the step's figures in TensorBoard. Stops with NonFiniteLoss on a
-    NaN or infinite loss, and after a step where check_stop raises (StopSignals.check).
+    given summaries, each step's figures in TensorBoard. The figures are read back every
+    log_every steps (the authors' log cadence); a NaN or infinite loss among them stops
+    the run with NonFiniteLoss naming the step where it happened, before any checkpoint.
+    Stops after a step where check_stop raises (StopSignals.check).
 
     Returns the epoch's mean training loss and accuracy."""
     losses, correct, seen = [], 0, 0
+    figures = StepFigures()
+    step_now = int(step)
+
+    def read_figures(bar) -> None:
+        nonlocal correct, seen
+        rows = figures.read()
+        first_bad = first_non_finite(np.array([[loss, norm] for _, loss, norm, _, _ in rows]).reshape(-1, 2))
+        if first_bad is not None:
+            bad_step, loss, norm, _, _ = rows[first_bad]
+            raise non_finite_error(loss, norm, epoch, bad_step)
+        for at, loss, norm, batch_correct, batch in rows:
+            losses.append(loss)
+            correct += batch_correct
+            seen += batch
+            if summaries is not None:
+                summaries.scalars({"child/loss": loss, "child/learning_rate": lr,
+                                   "child/accuracy": batch_correct / batch,
+                                   "child/grad_norm": norm}, at)
+        if rows:
+            at, loss, norm, batch_correct, batch = rows[-1]
+            bar.write(reporting.format_train_line(
+                epoch + 1, at, loss, lr, norm, batch_correct, batch,
+                (time.time() - start) / 60, bar.eta()))
+            bar.update(0, loss=loss)
+
     with reporting.ProgressBar(num_batches, desc=desc) as bar:
         for images, labels in batches:
             metrics = step_fn(images, labels)
             step.assign_add(1)
-            # One read of each figure per step: every int()/float() of a tensor is a host sync.
+            step_now += 1
             # A distributed batch has no shape here: distributed steps count it.
-            step_now = int(step)
-            batch = int(metrics["count"]) if "count" in metrics else int(labels.shape[0])
-            losses.append(float(metrics["loss"]))  # also waits for the step to finish
-            grad_norm, batch_correct = float(metrics["grad_norm"]), int(metrics["correct"])
-            check_finite(losses[-1], grad_norm, epoch, step_now)
-            correct += batch_correct
-            seen += batch
-            if summaries is not None:
-                summaries.scalars({"child/loss": losses[-1], "child/learning_rate": lr,
-                                   "child/accuracy": batch_correct / batch,
-                                   "child/grad_norm": grad_norm}, step_now)
+            figures.add(step_now, metrics, None if "count" in metrics else int(labels.shape[0]))
             if step_now % log_every == 0:
-                bar.write(reporting.format_train_line(
-                    epoch + 1, step_now, losses[-1], lr, grad_norm, batch_correct, batch,
-                    (time.time() - start) / 60, bar.eta()))
-            bar.update(loss=losses[-1])
+                read_figures(bar)
+            bar.update()
             run_dir.failpoint("child_step")
             check_stop()
+        read_figures(bar)
     return {"train_loss": float(np.mean(losses)) if losses else float("nan"),
             "train_accuracy": correct / max(1, seen)}

@@ -8,14 +8,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Dict
+from typing import Dict, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from src import arc as arc_lib
 from src import data as data_lib
-from src import checkpoints, distribute, harness, reporting, run_dir, serving
+from src import budget, checkpoints, distribute, harness, reporting, run_dir, serving
 from src.child_steps import FixedChildSteps
 from src.configs import FixedTrainConfig
 from src.epoch_loop import train_one_epoch
@@ -26,8 +26,13 @@ ARC_FILE = "arc.txt"  # the arc retrained, as main_child_trainer.py --child_fixe
 # What each epoch puts in TensorBoard (the evaluation ones on evaluated epochs only).
 EPOCH_SCALARS = ("train_loss", "train_accuracy", "valid_accuracy", "test_accuracy")
 # The epoch records kept in the checkpoint (history.json and results.json are rewritten
-# from them on resume).
-EMPTY_RECORDS = {"epochs": [], "wall_time_s": 0.0}
+# from them on resume): budget_plan is the --budget_minutes plan (None without a budget),
+# run_wall_s the whole run's seconds (start-up included) up to the last checkpoint.
+EMPTY_RECORDS = {"epochs": [], "wall_time_s": 0.0, "budget_plan": None, "run_wall_s": 0.0}
+# --budget_minutes measures this many training steps after the first (which traces), and
+# this many evaluation batches after the first.
+MEASURE_STEPS = 20
+MEASURE_EVAL_BATCHES = 5
 
 
 def predict(steps: FixedChildSteps, split: data_lib.Split, batch_size: int) -> np.ndarray:
@@ -57,7 +62,10 @@ def run(config: FixedTrainConfig) -> Dict:
     with harness.open_run(config.run, config.flags,
                           check_folder=lambda out: check_resumable(out, arc_text)) as this_run:
         config = dataclasses.replace(config, run=this_run.config)
+        loading = time.time()
         dataset = data_lib.load_dataset(config.data, retraining=True)
+        print(f"Data ready in {time.time() - loading:.1f} s (decoding any new folder into the "
+              f"cache included; the lines above say which split was decoded)")
         child_config = _child_config_for(config, dataset)
         print(f"Classes ({dataset.num_classes}): {', '.join(dataset.class_names)}")
         return _train(config, child_config, arc, arc_text, dataset, this_run)
@@ -96,9 +104,15 @@ def _train(config, child_config, arc, arc_text, dataset, this_run: harness.Run) 
     if restored:
         print(f"Resumed from {restored} at epoch {int(epoch_var)}, step {int(step_var)}")
         _save_history(out, history)  # as of that checkpoint
+    train_data = data_lib.TrainBatches(dataset.train, config.data)
+    plan = budget.chosen_plan(config.run, config.optim, history["budget_plan"], int(epoch_var),
+                              lambda: _measured_plan(config, steps, model, checkpoint, train_data,
+                                                     dataset, strategy))
+    config = harness.follow_budget(this_run, config, plan, history)
+    run_cfg = config.run
+    run_wall_before = history["run_wall_s"]
     wall_before, start = history["wall_time_s"], time.time()
 
-    train_data = data_lib.TrainBatches(dataset.train, config.data)
     batches_per_epoch = train_data.batches_per_pass
     total_steps = max(1, run_cfg.num_epochs * batches_per_epoch)
     valid_acc = test_acc = test_pred = None
@@ -122,12 +136,14 @@ def _train(config, child_config, arc, arc_text, dataset, this_run: harness.Run) 
             record.update(valid_accuracy=valid_acc, test_accuracy=test_acc)
         history["epochs"].append(record)
         history["wall_time_s"] = wall_before + time.time() - start
+        history["run_wall_s"] = run_wall_before + time.time() - run_cfg.started_at
         this_run.checkpoint_epoch(manager, epoch_var, records, history, epoch + 1)
         # Everything below is rewritten from the checkpoint on resume.
         this_run.epoch_scalars(record, EPOCH_SCALARS, epoch + 1)
         _save_history(out, history)
         _write_results(config, model, arc_text, int(epoch_var), valid_acc, test_acc,
-                       history["wall_time_s"], dataset)
+                       history["wall_time_s"], dataset,
+                       budget.results_fields(plan, history["run_wall_s"]))
 
     if test_pred is None:  # nothing trained now (--num_epochs 0, or already done)
         valid_acc, test_acc, test_pred = _evaluate(steps, dataset, config.data)
@@ -136,9 +152,73 @@ def _train(config, child_config, arc, arc_text, dataset, this_run: harness.Run) 
                                      os.path.join(out, serving.MODEL_DIR))
     print(f"Exported the model (SavedModel, uint8 images in): {model_dir}")
     results = _write_results(config, model, arc_text, int(epoch_var), valid_acc, test_acc,
-                             wall_before + time.time() - start, dataset)
+                             wall_before + time.time() - start, dataset, budget.results_fields(
+                                 plan, run_wall_before + time.time() - run_cfg.started_at))
     print(end_of_run_summary(results, model_dir))
     return results
+
+
+# ----------------------------------------------------------------------------
+# --budget_minutes: measure, plan (src/budget.py), keep the plan in the checkpoint
+
+
+def _measured_plan(config: FixedTrainConfig, steps: FixedChildSteps, model: FixedChild,
+                   checkpoint: tf.train.Checkpoint, train_data: data_lib.TrainBatches,
+                   dataset, strategy) -> budget.BudgetPlan:
+    """Times training steps and evaluation batches on weights put back afterwards (so the
+    budgeted run trains exactly as its reproduce flags would), a checkpoint, the export
+    and the files of an epoch; plans the epochs that fit (printed)."""
+    eval_size = config.data.eval_batch_size
+    with harness.weights_kept(checkpoint) as checkpoint_s:
+        first_step_s, step_s = _time_train_steps(steps, strategy, train_data, MEASURE_STEPS)
+        _, eval_batch_s = _time_eval_batches(steps, dataset.test, eval_size, MEASURE_EVAL_BATCHES)
+    export_s, files_s = _time_export(model, dataset, config.data), _time_epoch_files()
+    evaluated = [dataset.test] + ([] if config.data.train_on_valid else [dataset.valid])
+    eval_batches = sum(data_lib.num_batches(len(split.labels), eval_size) for split in evaluated)
+    costs = budget.RunCosts(
+        epoch_s=step_s * train_data.batches_per_pass, eval_s=eval_batch_s * eval_batches,
+        eval_every=config.run.eval_every_epochs, per_epoch_s=checkpoint_s + files_s,
+        tail_s=export_s + files_s)
+    plan = budget.plan_run(
+        config.run.budget_minutes, time.time() - config.run.started_at, costs,
+        measurements={"step_s": step_s, "first_step_s": first_step_s,
+                      "steps_per_epoch": train_data.batches_per_pass,
+                      "eval_batch_s": eval_batch_s, "eval_batches": eval_batches,
+                      "checkpoint_s": checkpoint_s, "export_s": export_s, "files_s": files_s})
+    print(plan.log_line())
+    return plan
+
+
+def _time_train_steps(steps: FixedChildSteps, strategy, train_data: data_lib.TrainBatches,
+                      count: int) -> Tuple[float, float]:
+    """(seconds of the first step, tracing included; mean seconds of the `count` after
+    it). Epoch 1's batches; the caller puts the weights back."""
+    return harness.time_train_steps(lambda images, labels: steps.train_step(
+        images, labels, tf.constant(0.0)), strategy, train_data, count)
+
+
+def _time_eval_batches(steps: FixedChildSteps, split: data_lib.Split, batch_size: int,
+                       count: int) -> Tuple[float, float]:
+    """(seconds of the first evaluation batch, tracing included; mean seconds of the
+    `count` after it)."""
+    # Repeated: a split of one batch still times one after tracing.
+    return harness.time_each(data_lib.eval_batches(split, batch_size).repeat().take(count + 1),
+                             lambda batch: steps.eval_step(batch[0]).numpy())
+
+
+def _time_export(model: FixedChild, dataset, data_config) -> float:
+    """Seconds of exporting the model (the run's last work), into a folder then deleted."""
+    return harness.seconds_writing(lambda folder: serving.export_model(
+        model, dataset, data_config.img_size, data_config.channel,
+        os.path.join(folder, serving.MODEL_DIR)))
+
+
+def _time_epoch_files() -> float:
+    """Seconds of writing an epoch's history and curves, into a folder then deleted."""
+    record = {"epoch": 1, "lr": 0.1, "train_loss": 1.0, "train_accuracy": 0.5,
+              "valid_accuracy": 0.5, "test_accuracy": 0.5}
+    return harness.seconds_writing(
+        lambda folder: _save_history(folder, {"epochs": [record], "wall_time_s": 1.0}))
 
 
 def end_of_run_summary(results: Dict, model_dir: str) -> str:
@@ -198,7 +278,7 @@ def _report_misclassified(out: str, dataset, test_pred: np.ndarray) -> None:
 
 
 def _write_results(config, model, arc_text, epochs_done, valid_acc, test_acc, wall_time,
-                   dataset) -> Dict:
+                   dataset, budget_fields: Dict) -> Dict:
     results = {
         "arc": arc_text, "valid_accuracy": valid_acc, "test_accuracy": test_acc,
         "params": model.num_params(), "aux_head_params": model.num_aux_params(),
@@ -206,6 +286,7 @@ def _write_results(config, model, arc_text, epochs_done, valid_acc, test_acc, wa
         "wall_time_s": round(wall_time, 2), "class_names": dataset.class_names,
         "num_train_images": int(len(dataset.train.labels)),
         "num_test_images": int(len(dataset.test.labels)), "flags": config.flags,
+        **budget_fields,  # "budget" (planned and actual) and "reproduce_flags"
     }
     run_dir.write_json_atomic(os.path.join(config.run.output_dir, run_dir.RESULTS_FILE), results)
     return results

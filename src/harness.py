@@ -14,12 +14,15 @@ import copy
 import dataclasses
 import os
 import random
-from typing import Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+import shutil
+import tempfile
+import time
+from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from src import checkpoints, distribute, reporting, run_dir
+from src import budget, checkpoints, distribute, reporting, run_dir
 from src.configs import RunConfig
 from src.epoch_loop import StopSignals
 from src.summaries import RunSummaries
@@ -96,6 +99,67 @@ def restored_records(records: checkpoints.JsonRecords, empty: Dict) -> Dict:
     return dict(copy.deepcopy(empty), **records.get())
 
 
+@contextlib.contextmanager
+def weights_kept(checkpoint: tf.train.Checkpoint) -> Iterator[float]:
+    """Runs the block (steps that measure the time of training) and then puts back
+    everything `checkpoint` holds: weights, BN statistics, optimizer state, the dropout
+    generator. Yields the seconds writing that checkpoint took (a checkpoint's cost)."""
+    folder = tempfile.mkdtemp(prefix="enas-measure-")
+    try:
+        started = time.time()
+        path = checkpoint.write(os.path.join(folder, "before"))
+        yield time.time() - started
+        checkpoint.read(path).assert_existing_objects_matched()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def time_each(items: Iterable, call: Callable[[Any], Any]) -> Tuple[float, float]:
+    """(seconds of call(the first item): a compiled function's first call traces or
+    instantiates it; mean seconds of call(item) over the others, or the first's if there
+    are none). call must wait for its result (read a value back to the host)."""
+    times = []
+    for item in items:
+        started = time.time()
+        call(item)
+        times.append(time.time() - started)
+    return times[0], float(np.mean(times[1:] or times))
+
+
+def time_train_steps(step: Callable[[Any, Any], Dict], strategy: tf.distribute.Strategy,
+                     train_data, count: int) -> Tuple[float, float]:
+    """time_each of step(images, labels) -> {"loss", ...} over the first count + 1
+    batches of epoch 1 (train_data: data.TrainBatches); the caller puts the weights back
+    (weights_kept)."""
+    batches = distribute.distribute_batches(strategy, train_data.epoch(0, steps=count + 1))
+    return time_each(batches, lambda batch: float(step(*batch)["loss"]))  # float(): waits
+
+
+def seconds_writing(write: Callable[[str], Any]) -> float:
+    """Seconds of write(folder), into a temporary folder deleted afterwards (the cost of
+    a run's files or export, for a budget)."""
+    folder = tempfile.mkdtemp(prefix="enas-files-")
+    try:
+        started = time.time()
+        write(folder)
+        return time.time() - started
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def follow_budget(run: Run, config, plan: Optional[budget.BudgetPlan], records: Dict):
+    """`config` (a loop's: with .run and .optim) as the --budget_minutes plan sets it
+    (None: unchanged): its epochs and cosine period, also in the Run's config (its
+    evaluates_after reads num_epochs), and the plan in records["budget_plan"], so the
+    checkpoint keeps it (src/budget.py)."""
+    if plan is None:
+        return config
+    run_config, optim_config = budget.apply_plan(config.run, config.optim, plan)
+    run.config = run_config
+    records["budget_plan"] = plan.to_json()
+    return dataclasses.replace(config, run=run_config, optim=optim_config)
+
+
 def write_history(output_dir: str, history: Dict) -> None:
     run_dir.write_json_atomic(os.path.join(output_dir, HISTORY_FILE), history)
 
@@ -107,7 +171,9 @@ def open_run(run_config: RunConfig, flags: Mapping,
     --reset_output_dir, and only by the chief), calls check_folder(output_dir), then
     holds the folder's lock, copies the log into it, lets SIGTERM and SIGINT stop at a
     step boundary, turns a dead peer's failure into WorkerLost, prints the flags and
-    closes TensorBoard's writer at the end."""
+    closes TensorBoard's writer at the end. A --budget_minutes run's clock starts at
+    run_config.started_at (the entry scripts: the process's start), else here."""
+    run_config = dataclasses.replace(run_config, started_at=run_config.started_at or time.time())
     strategy = distribute.build_strategy(run_config)
     chief = distribute.is_chief(strategy)
     worker_config, restore_dir = distribute.worker_run_config(run_config, chief)

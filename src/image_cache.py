@@ -32,12 +32,12 @@ import cv2
 import numpy as np
 from numpy.lib.format import open_memmap
 
-from src import run_dir
+from src import configs, run_dir
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 # Part of every key: bump it when the decoding (or the file layout) changes.
 CACHE_FORMAT = 1
-CACHE_SUBDIR = "cache"  # the default cache folder inside the output folder
+CACHE_SUBDIR = configs.CACHE_SUBDIR  # the default cache folder inside the output folder
 
 _READ_THREADS = min(8, os.cpu_count() or 1)  # cv2 releases the GIL while decoding
 _DECODE_CHUNK = 1024  # images decoded before they are written to the mapped file
@@ -170,6 +170,40 @@ def decode_into(out: np.ndarray, paths: List[str], channel: int, size: int) -> N
             chunk = paths[start:start + _DECODE_CHUNK]
             for row, image in enumerate(pool.map(lambda p: read_image(p, channel, size), chunk)):
                 out[start + row] = image
+
+
+# Colour or grey: a few images of a folder are decoded in colour to tell which it holds.
+CHANNEL_SAMPLE = 8
+# A pixel is coloured when its channels differ by more than COLOUR_LEVELS (a grey JPEG's
+# chroma noise stays below); an image is colour when over COLOUR_SHARE of its pixels are.
+COLOUR_LEVELS = 12
+COLOUR_SHARE = 0.02
+
+
+def looks_colour(path: str) -> Optional[bool]:
+    """True if the image at `path` is in colour, False if grey, None if unreadable."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR)  # a grey file comes back with 3 equal channels
+    if image is None:
+        return None
+    spread = image.max(axis=2).astype(np.int16) - image.min(axis=2)
+    return float(np.mean(spread > COLOUR_LEVELS)) > COLOUR_SHARE
+
+
+def channel_mismatch_warning(paths: List[str], channel: int, source: str) -> str:
+    """One warning line naming the right --channel if most of up to CHANNEL_SAMPLE of
+    `paths` (spread over the list, so over its classes) are colour and `channel` is 1, or
+    grey and it is 3; else ''."""
+    step = max(1, len(paths) // CHANNEL_SAMPLE)
+    verdicts = [v for v in map(looks_colour, paths[::step][:CHANNEL_SAMPLE]) if v is not None]
+    colour = sum(verdicts)
+    if not verdicts or channel not in (1, 3) or (colour * 2 > len(verdicts)) == (channel == 3):
+        return ""
+    if channel == 1:
+        return (f"warning: {source} holds colour images ({colour} of {len(verdicts)} sampled), "
+                "read grey with --channel 1: give --channel 3 to train in colour")
+    return (f"warning: {source} holds grey images ({len(verdicts) - colour} of {len(verdicts)} "
+            "sampled), read as colour with --channel 3: give --channel 1 (the same pixels, a "
+            "third of the input)")
 
 
 # ----------------------------------------------------------------------------

@@ -7,11 +7,18 @@ eval_every_epochs: the shared child's valid and test accuracy, and the
 controller's lift with its error bar (the policy's arcs, kept in the arc
 history, against uniform ones). At the end the final selection scores the best
 arcs seen and fresh ones from the final policy on the final weights, and
-best_arc.txt becomes its winner (src/selection.py).
+best_arc.txt becomes its winner (src/selection.py). Under --budget_minutes the
+number of epochs (and the cosine's period) is planned from measured costs
+(_measured_plan, src/budget.py).
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
+import enum
+import io
+import itertools
 import os
 import random
 import time
@@ -22,8 +29,9 @@ import tensorflow as tf
 
 from src import arc as arc_lib
 from src import data as data_lib
-from src import checkpoints, distribute, harness, reporting, run_dir, selection
+from src import budget, checkpoints, distribute, harness, reporting, run_dir, selection
 from src.child_steps import SharedChildSteps
+from src import configs
 from src.configs import ControllerConfig, SearchConfig
 from src.controller import Controller
 from src.controller_step import ReinforceTrainer, reward_from
@@ -44,9 +52,15 @@ EPOCH_SCALARS = ("train_loss", "train_accuracy", "valid_accuracy", "test_accurac
                  "random_valid_accuracy", "controller_lift", "controller_lift_se")
 
 # The epoch records kept in the checkpoint: every file of the output folder is
-# rewritten from them on resume.
+# rewritten from them on resume. budget_plan is the --budget_minutes plan (None without
+# a budget), run_wall_s the whole run's seconds (start-up included) up to the last note.
 EMPTY_RECORDS = {"epochs": [], "arc_history": [], "wall_time_s": 0.0, "time_split_s": {},
-                 "cpu_time_s": 0.0}
+                 "cpu_time_s": 0.0, "budget_plan": None, "run_wall_s": 0.0}
+# --budget_minutes times this many of each after the first (which instantiates the
+# compiled functions): child steps, controller updates, scoring forward batches.
+MEASURE_CHILD_STEPS = 10
+MEASURE_CONTROLLER_UPDATES = 2
+MEASURE_FORWARD_BATCHES = 5
 
 
 @dataclasses.dataclass
@@ -92,22 +106,32 @@ def build_state(config: SearchConfig, strategy: Optional[tf.distribute.Strategy]
 
 
 
-def sample_arc(controller: Controller) -> List[int]:
-    arc, _, _ = controller.sample()
-    return [int(a) for a in arc.numpy()]
+# n -> n arcs, each int32 [8 * B]
+ArcSampler = Callable[[int], List[tf.Tensor]]
 
 
-ArcSampler = Callable[[], List[int]]
+class Stream(enum.IntEnum):
+    """The uniform-arc generators of an epoch: epoch_rng(seed, epoch, stream)."""
+    CHILD_ARCS = 0  # warm-up epochs' (and random search's) child and shown arcs
+    LIFT_UNIFORM = 1  # the lift's uniform group
+    FINAL_FRESH = 2  # random search's fresh candidates of the final selection
+    LIFT_POLICY = 3  # random search's policy group of the lift
+    HELD_OUT_UNIFORM = 4  # the held-out lift's uniform group
+
+
+def controller_sampler(controller: Controller) -> ArcSampler:
+    """The controller's arcs, all n drawn in one batched walk."""
+    return lambda n: tf.unstack(controller.sample_batch(tf.constant(n))[0]) if n else []
 
 
 def uniform_sampler(rng: random.Random, num_cells: int) -> ArcSampler:
     """Uniformly random arcs: every input id and every op equally likely."""
-    return lambda: list(arc_lib.random_arc(rng, num_cells))
+    return lambda n: [tf.constant(arc_lib.random_arc(rng, num_cells), tf.int32) for _ in range(n)]
 
 
-def epoch_rng(seed: int, epoch: int, stream: int) -> random.Random:
+def epoch_rng(seed: int, epoch: int, stream: Stream) -> random.Random:
     """A generator fixed by (seed, epoch, stream), so a resumed epoch draws the same arcs."""
-    return random.Random(f"{seed}/{epoch}/{stream}")
+    return random.Random(f"{seed}/{epoch}/{int(stream)}")
 
 
 def controller_in_charge(ctrl: ControllerConfig, epoch: int) -> bool:
@@ -123,24 +147,8 @@ def child_arc_sampler(state: SearchState, config: SearchConfig, epoch: int) -> A
     """The arcs the shared child trains on (and the shown arcs) in this epoch: the
     controller's, or uniformly random ones (warm-up epochs, random search)."""
     if controller_in_charge(config.controller, epoch):
-        return lambda: sample_arc(state.controller)
-    return uniform_sampler(epoch_rng(config.run.seed, epoch, 0), config.child.num_cells)
-
-
-def batch_accuracy(steps: SharedChildSteps, images, labels, arc) -> float:
-    return float(steps.count_correct(images, labels, arc)) / int(labels.shape[0])
-
-
-def split_accuracy(steps: SharedChildSteps, split: data_lib.Split, batch_size: int,
-                   sampler: ArcSampler) -> float:
-    """Accuracy of the shared child on a whole split with a freshly sampled arc for every
-    batch, as the authors evaluate (one arc on fixed batches: selection.score_arcs). The
-    batches mix the classes (the child's BN uses batch statistics, see
-    data.mixed_eval_batches)."""
-    correct = 0
-    for images, labels in data_lib.mixed_eval_batches(split, batch_size):
-        correct += int(steps.count_correct(images, labels, sampler()))
-    return correct / max(1, len(split.labels))
+        return controller_sampler(state.controller)
+    return uniform_sampler(epoch_rng(config.run.seed, epoch, Stream.CHILD_ARCS), config.child.num_cells)
 
 
 def run(config: SearchConfig) -> Dict:
@@ -157,8 +165,9 @@ def run(config: SearchConfig) -> Dict:
 
 @dataclasses.dataclass
 class Halves:
-    """The validation split cut in two (src/selection.py): `selection` chooses,
-    `report` is read once at the end; both as fixed batch lists."""
+    """The validation split cut in two (src/selection.py), each bounded to a seeded
+    sample of --score_images: `selection` chooses, `report` is read once at the end;
+    both also as fixed batch lists."""
     selection: data_lib.Split
     report: data_lib.Split
     selection_batches: selection.Batches
@@ -167,9 +176,15 @@ class Halves:
 
 def validation_halves(dataset, config: SearchConfig) -> Halves:
     chosen, reported = selection.stratified_halves(dataset.valid, config.run.seed)
+    bound = config.controller.score_images
+    sampled = [selection.bounded_sample(half, bound, config.run.seed) for half in (chosen, reported)]
     print(f"Validation split cut in two, stratified by class (seed {config.run.seed}): "
           f"{len(chosen.labels)} selection images (rewards, lift, final selection), "
-          f"{len(reported.labels)} report images (read once, at the end)")
+          f"{len(reported.labels)} report images (read once, at the end)"
+          + (f"; scoring reads a seeded sample of {len(sampled[0].labels)} and "
+             f"{len(sampled[1].labels)} of them (--score_images {bound})"
+             if len(sampled[0].labels) < len(chosen.labels) else ""))
+    chosen, reported = sampled
     batch_size = config.data.eval_batch_size
     return Halves(chosen, reported, selection.fixed_batches(chosen, batch_size),
                   selection.fixed_batches(reported, batch_size))
@@ -188,10 +203,11 @@ def _search(config: SearchConfig, dataset, this_run: harness.Run) -> Dict:
     records = harness.restored_records(state.records, EMPTY_RECORDS)
     summaries = this_run.summaries
     timer = PhaseTimer(records["time_split_s"], records["cpu_time_s"])
-    wall_before = records["wall_time_s"]
+    wall_before, run_wall_before = records["wall_time_s"], records["run_wall_s"]
 
     def note_time():
         records.update(wall_time_s=wall_before + time.time() - start,
+                       run_wall_s=run_wall_before + time.time() - run_cfg.started_at,
                        time_split_s=timer.rounded(), cpu_time_s=timer.cpu_s())
 
     results = {}
@@ -201,13 +217,26 @@ def _search(config: SearchConfig, dataset, this_run: harness.Run) -> Dict:
         results = _write_epoch_files(config, state, records)  # as of that checkpoint
     train_data = data_lib.TrainBatches(dataset.train, config.data)
     timer.seconds["setup"] = timer.seconds.get("setup", 0.0) + time.time() - start
-    if int(state.epoch) < run_cfg.num_epochs:  # trace up front, so the first ETA is right
+
+    def trace():  # up front, so the first ETA (and a budget's measurements) are right
         with timer.phase("tracing"):
             tracing_start = time.time()
-            state.child_steps.warm_up(*next(iter(data_lib.eval_batches(
-                dataset.train, config.data.batch_size))))
+            state.child_steps.warm_up()
             print(f"Traced the shared child's compiled pieces in {time.time() - tracing_start:.1f}s")
         run_dir.failpoint("traced")
+
+    def measure():  # a fresh start with a budget: trace, then time the parts
+        trace()
+        with timer.phase("budget"):
+            return _measured_plan(config, state, halves, dataset, train_data)
+
+    saved_plan = records["budget_plan"]
+    plan = budget.chosen_plan(run_cfg, config.optim, saved_plan, int(state.epoch), measure)
+    config = harness.follow_budget(this_run, config, plan, records)
+    run_cfg = config.run
+    measured = plan is not None and saved_plan is None
+    if int(state.epoch) < run_cfg.num_epochs and not measured:
+        trace()
     # An epoch is one pass over the training set, or steps_per_epoch batches.
     batches_per_epoch = run_cfg.steps_per_epoch or train_data.batches_per_pass
 
@@ -220,8 +249,9 @@ def _search(config: SearchConfig, dataset, this_run: harness.Run) -> Dict:
             print(f"Epoch {epoch + 1}: uniformly random arcs ("
                   f"{'random search' if config.controller.policy == 'random' else 'warm-up'})")
         with timer.phase("child_steps"):
+            arcs = iter(sampler(batches_per_epoch))  # the epoch's arcs, drawn at once
             record.update(train_one_epoch(
-                lambda images, labels: child_step(state, images, labels, sampler),
+                lambda images, labels: child_step(state, images, labels, next(arcs)),
                 distribute.distribute_batches(strategy, train_data.epoch(epoch, run_cfg.steps_per_epoch)),
                 batches_per_epoch, epoch, lr,
                 state.step, run_cfg.log_every, start, desc=f"epoch {epoch + 1} child",
@@ -236,8 +266,7 @@ def _search(config: SearchConfig, dataset, this_run: harness.Run) -> Dict:
             del valid_iter  # used up: nothing of it runs on beside the next epoch's steps
         if this_run.evaluates_after(epoch):
             with timer.phase("evaluation"):
-                record.update(_evaluate(state, halves.selection, dataset.test,
-                                        config.data.eval_batch_size, sampler))
+                record.update(_evaluate(state, halves, dataset.test, config, sampler))
             with timer.phase("lift"):
                 scored, lift = _score_policy_arcs(state, halves, config, epoch)
                 records["arc_history"] += scored
@@ -262,6 +291,90 @@ def _search(config: SearchConfig, dataset, this_run: harness.Run) -> Dict:
         _write_summary(config, results)
     print(format_time_split(records["time_split_s"], records["wall_time_s"], records["cpu_time_s"]))
     return results
+
+
+# ----------------------------------------------------------------------------
+# --budget_minutes: measure, plan (src/budget.py); _search keeps the plan in the checkpoint
+
+
+def _measured_plan(config: SearchConfig, state: SearchState, halves: Halves, dataset,
+                   train_data: data_lib.TrainBatches) -> budget.BudgetPlan:
+    """Times child steps, controller updates and scoring forward batches, then puts back
+    all the checkpoint holds (weights, optimizers, controller, baseline, generators: the
+    budgeted search runs as its reproduce flags would); times a checkpoint and an epoch's
+    files; plans the epochs that fit (printed). Costs, in forward batches of the
+    selection half (`sel`) and the report half (`rep`):
+      epoch:      steps_per_epoch child steps + NUM_SHOWN_ARCS forwards;
+      controller: train_steps updates, in the epochs that train it;
+      evaluation: sel (the shared child's accuracy; + the test split's batches under
+                  --search_test_accuracy) + lift arcs (2 x num_lift_arcs; num_lift_arcs
+                  under random search) x sel;
+      tail:       the final selection, (NUM_TOP_FROM_SEARCH + num_final_arcs) x sel +
+                  NUM_TOP_REPORTED x rep + the held-out lift's 2 x num_lift_arcs x rep;
+                  and the files;
+      per epoch:  the checkpoint and the files."""
+    run_cfg, ctrl = config.run, config.controller
+    scored = itertools.cycle(halves.selection_batches)
+    with harness.weights_kept(state.checkpoint()) as checkpoint_s:
+        arcs = child_arc_sampler(state, config, 0)(MEASURE_CHILD_STEPS + 1)  # epoch 1's kind
+        first_step_s, step_s = _time_child_steps(state, train_data, iter(arcs), MEASURE_CHILD_STEPS)
+        _, forward_s = harness.time_each(
+            zip(itertools.islice(scored, MEASURE_FORWARD_BATCHES + 1), arcs),
+            lambda pair: int(state.child_steps.count_correct(*pair[0], pair[1])))
+        update_s = 0.0
+        if ctrl.policy == "controller":  # moves the controller: put back too
+            _, update_s = harness.time_each(range(MEASURE_CONTROLLER_UPDATES + 1),
+                                            lambda _: controller_update(state, scored, ctrl))
+    files_s = _time_epoch_files(config, state)
+    steps_per_epoch = run_cfg.steps_per_epoch or train_data.batches_per_pass
+    sel, rep = len(halves.selection_batches), len(halves.report_batches)
+    lift_arcs = ctrl.num_lift_arcs * (1 if ctrl.policy == "random" else 2)
+    test = (data_lib.num_batches(len(dataset.test.labels), config.data.eval_batch_size)
+            if ctrl.search_test_accuracy else 0)
+    eval_forwards = sel + test + lift_arcs * sel
+    held_out_arcs = 0 if ctrl.policy == "random" else 2 * ctrl.num_lift_arcs
+    tail_forwards = ((selection.NUM_TOP_FROM_SEARCH + ctrl.num_final_arcs) * sel
+                     + (selection.NUM_TOP_REPORTED + held_out_arcs) * rep
+                     if ctrl.final_selection else 0)
+    costs = budget.RunCosts(
+        epoch_s=steps_per_epoch * step_s + NUM_SHOWN_ARCS * forward_s,
+        eval_s=eval_forwards * forward_s, eval_every=run_cfg.eval_every_epochs,
+        per_epoch_s=checkpoint_s + files_s, tail_s=tail_forwards * forward_s + files_s,
+        controller_s=ctrl.train_steps * update_s, controller_every=ctrl.train_every,
+        controller_from=ctrl.start_epoch)
+    plan = budget.plan_run(
+        run_cfg.budget_minutes, time.time() - run_cfg.started_at, costs,
+        measurements={"step_s": step_s, "first_step_s": first_step_s,
+                      "steps_per_epoch": steps_per_epoch, "forward_s": forward_s,
+                      "controller_update_s": update_s, "eval_forwards": eval_forwards,
+                      "tail_forwards": tail_forwards, "checkpoint_s": checkpoint_s,
+                      "files_s": files_s})
+    print(plan.log_line())
+    return plan
+
+
+def _time_child_steps(state: SearchState, train_data: data_lib.TrainBatches, arcs, count: int):
+    """(seconds of the first child step, its instantiation included; mean seconds of the
+    `count` after it), each on the next of `arcs`; the caller puts the weights back."""
+    return harness.time_train_steps(
+        lambda images, labels: child_step(state, images, labels, next(arcs)),
+        state.child_steps.strategy, train_data, count)
+
+
+def _time_epoch_files(config: SearchConfig, state: SearchState) -> float:
+    """Seconds of writing an epoch's files (one evaluated epoch, one arc of the history),
+    into a folder then deleted; their lines are not printed."""
+    record = dict.fromkeys(EPOCH_SCALARS, 0.5)
+    record.update(epoch=1, lr=0.1, controller_lift_ci95=[0.0, 1.0])
+    arc = arc_lib.format_arc(arc_lib.random_arc(random.Random(0), config.child.num_cells))
+    records = dict(copy.deepcopy(EMPTY_RECORDS), epochs=[record],
+                   arc_history=[{"epoch": 1, "arc": arc, "selection_accuracy": 0.5}])
+
+    def write(folder):
+        scratch = dataclasses.replace(config, run=dataclasses.replace(config.run, output_dir=folder))
+        with contextlib.redirect_stdout(io.StringIO()):
+            _write_epoch_files(scratch, state, records)
+    return harness.seconds_writing(write)
 
 
 def _write_epoch_files(config: SearchConfig, state: SearchState, records: Dict) -> Dict:
@@ -298,21 +411,18 @@ def reward_batches(valid: data_lib.Split, config: SearchConfig, epoch: int):
         valid, config.data.eval_batch_size, seed=config.run.seed + epoch).take(needed))
 
 
-def child_step(state: SearchState, images, labels, sampler: ArcSampler = None) -> Dict:
-    """One shared-child training step on a freshly sampled arc (no controller gradient);
-    the arc comes from the controller unless another sampler is given."""
-    arc = sampler() if sampler is not None else sample_arc(state.controller)
+def child_step(state: SearchState, images, labels, arc) -> Dict:
+    """One shared-child training step on the arc int32 [8 * B] (no controller gradient)."""
     return state.child_steps.train_step(images, labels, arc)
 
 
-def policy_arcs(state: SearchState, config: SearchConfig, epoch: int, stream: int,
-                count: int) -> List[List[int]]:
+def policy_arcs(state: SearchState, config: SearchConfig, epoch: int, stream: Stream,
+                count: int) -> List[tf.Tensor]:
     """`count` arcs of the search's policy: the controller's, or uniform ones under
     --search_policy random (drawn from their own (seed, epoch, stream) generator)."""
     if config.controller.policy == "random":
-        uniform = uniform_sampler(epoch_rng(config.run.seed, epoch, stream), config.child.num_cells)
-        return [uniform() for _ in range(count)]
-    return [sample_arc(state.controller) for _ in range(count)]
+        return uniform_sampler(epoch_rng(config.run.seed, epoch, stream), config.child.num_cells)(count)
+    return controller_sampler(state.controller)(count)
 
 
 def _score_policy_arcs(state: SearchState, halves: Halves, config: SearchConfig, epoch: int):
@@ -323,7 +433,7 @@ def _score_policy_arcs(state: SearchState, halves: Halves, config: SearchConfig,
     if n == 0:
         return [], {}
     count_correct = state.child_steps.count_correct
-    arcs = policy_arcs(state, config, epoch, stream=3, count=n)
+    arcs = policy_arcs(state, config, epoch, Stream.LIFT_POLICY, count=n)
     images = len(halves.selection.labels)
     if config.controller.policy == "random":
         scores = selection.score_arcs(count_correct, arcs, halves.selection_batches)
@@ -332,9 +442,9 @@ def _score_policy_arcs(state: SearchState, halves: Halves, config: SearchConfig,
               "distribution, there is nothing to compare it with)")
         lift = {"policy_arc_scores": scores}
     else:
-        uniform = uniform_sampler(epoch_rng(config.run.seed, epoch, 1), config.child.num_cells)
-        lift = selection.measure_lift(count_correct, arcs, [uniform() for _ in range(n)],
-                                      halves.selection_batches)
+        uniform = uniform_sampler(epoch_rng(config.run.seed, epoch, Stream.LIFT_UNIFORM),
+                                  config.child.num_cells)
+        lift = selection.measure_lift(count_correct, arcs, uniform(n), halves.selection_batches)
         print(selection.format_lift(lift, n, images))
         scores = lift["controller_arc_scores"]
     scored = [{"epoch": epoch + 1, "arc": arc_lib.format_arc(arc), "selection_accuracy": score}
@@ -347,8 +457,8 @@ def _final_selection(state: SearchState, halves: Halves, config: SearchConfig,
     """The cell chosen on the final weights: the best arcs seen, plus fresh ones from the
     final policy, scored on the selection half; the winner reported on the other half."""
     started = time.time()
-    fresh = policy_arcs(state, config, config.run.num_epochs, stream=2,
-                        count=config.controller.num_final_arcs)
+    fresh = [arc.numpy() for arc in policy_arcs(state, config, config.run.num_epochs,
+                                                Stream.FINAL_FRESH, config.controller.num_final_arcs)]
     candidates = selection.final_candidates(records["arc_history"], fresh)
     if not candidates:
         print("Final selection: no candidates (--num_lift_arcs 0 and --num_final_arcs 0)")
@@ -358,6 +468,7 @@ def _final_selection(state: SearchState, halves: Halves, config: SearchConfig,
           f"{len(halves.selection.labels)} selection images")
     final = selection.select_final(state.child_steps.count_correct, candidates,
                                    halves.selection_batches, halves.report_batches)
+    final.update(_held_out_lift(state, halves, config))
     run_dir.failpoint("final_selection")
     out = config.run.output_dir
     # results.json, written last by the caller, is what says the selection is done.
@@ -367,44 +478,42 @@ def _final_selection(state: SearchState, halves: Halves, config: SearchConfig,
     print(f"Final selection took {reporting.format_duration(time.time() - started)}. Best arc: "
           f"{final['best_arc']}\n  selection accuracy {final['best_arc_selection_accuracy']:.4f} "
           f"(the maximum of {len(candidates)} scores: biased upward)\n  report accuracy "
-          f"{final['best_arc_report_accuracy']:.4f} (the {len(halves.report.labels)} report "
+          f"{final['best_arc_report_accuracy']:.4f}, 95% CI [{final['best_arc_report_ci95'][0]:.4f}, "
+          f"{final['best_arc_report_ci95'][1]:.4f}] (the {len(halves.report.labels)} report "
           "images, unseen by any choice: an unbiased estimate, on the shared weights)")
     return final
 
 
+def _held_out_lift(state: SearchState, halves: Halves, config: SearchConfig) -> Dict:
+    """The lift on the report half, read here for the first time: num_lift_arcs fresh
+    arcs of the final policy against as many uniform ones, on the final weights. The
+    selection-half lift is scored on the very images the rewards came from; this one is
+    not (the weights were still trained on the policy's arcs). Keys held_out_*."""
+    n, ctrl = config.controller.num_lift_arcs, config.controller
+    if n == 0 or ctrl.policy == "random":
+        return {}
+    uniform = uniform_sampler(epoch_rng(config.run.seed, config.run.num_epochs, Stream.HELD_OUT_UNIFORM),
+                              config.child.num_cells)
+    lift = selection.measure_lift(state.child_steps.count_correct, controller_sampler(state.controller)(n),
+                                  uniform(n), halves.report_batches)
+    print("held-out " + selection.format_lift(lift, n, len(halves.report.labels))
+          .replace("selection images", "report images"))
+    return {"held_out_" + key: lift[key] for key in LIFT_KEYS}
+
+
 def controller_update(state: SearchState, valid_iter, ctrl) -> Dict:
-    """One REINFORCE update from ctrl.num_aggregate sampled arcs, each rewarded with the
-    shared child's accuracy on one validation batch plus the entropy bonus."""
-    samples = [state.controller.sample() for _ in range(ctrl.num_aggregate)]
-    arcs = [arc for arc, _, _ in samples]
-    entropies = [float(entropy) for _, _, entropy in samples]
-    batches = [next(valid_iter) for _ in samples]
-    accuracies = score_arcs_on_batches(state.child_steps, [[int(a) for a in arc.numpy()] for arc in arcs],
-                                       batches)
+    """One REINFORCE update from ctrl.num_aggregate arcs sampled at once, each rewarded
+    with the shared child's accuracy on one selection batch plus the entropy bonus."""
+    arcs, _, entropies = state.controller.sample_batch(tf.constant(ctrl.num_aggregate))
+    batches = [next(valid_iter) for _ in range(ctrl.num_aggregate)]
+    accuracies = selection.paired_accuracies(state.child_steps, tf.unstack(arcs), batches)
+    entropies = entropies.numpy()
     rewards = [reward_from(acc, entropy, ctrl.entropy_weight)
                for acc, entropy in zip(accuracies, entropies)]
-    metrics = dict(state.reinforce.update(tf.stack(arcs), tf.constant(rewards, tf.float32)))
+    metrics = dict(state.reinforce.update(arcs, rewards))
     metrics.update(rewards=rewards, accuracy=float(np.mean(accuracies)),
                    entropy=float(np.mean(entropies)))
     return metrics
-
-
-def score_arcs_on_batches(steps: SharedChildSteps, arcs: List[List[int]], batches) -> List[float]:
-    """Accuracy of each arc on its (images, labels) batch. Under a strategy with several
-    replicas, one arc per replica at once (the last round padded with the first arc);
-    every worker holds the same arcs and batches, and gets every accuracy."""
-    replicas = steps.strategy.num_replicas_in_sync
-    if not distribute.is_distributed(steps.strategy) or replicas == 1:
-        return [batch_accuracy(steps, images, labels, arc) for arc, (images, labels) in zip(arcs, batches)]
-    accuracies = []
-    for start in range(0, len(arcs), replicas):
-        round_arcs, round_batches = arcs[start:start + replicas], batches[start:start + replicas]
-        padding = replicas - len(round_arcs)
-        counts = steps.count_correct_in_parallel(round_batches + [round_batches[0]] * padding,
-                                                 round_arcs + [round_arcs[0]] * padding)
-        accuracies += [count / int(labels.shape[0])
-                       for count, (_, labels) in zip(counts, round_batches)]
-    return accuracies
 
 
 def _train_controller(state: SearchState, valid_iter, config: SearchConfig, start: float,
@@ -437,27 +546,39 @@ def _train_controller(state: SearchState, valid_iter, config: SearchConfig, star
 
 
 def _show_sampled_arcs(state: SearchState, valid_iter, sampler: ArcSampler) -> None:
-    """Samples 10 arcs and prints each with its accuracy on one validation batch (the
+    """Samples 10 arcs and prints each with its accuracy on one selection batch (the
     authors' progress display: one-batch figures, never used to choose)."""
     print(f"Here are {NUM_SHOWN_ARCS} architectures")
-    for _ in range(NUM_SHOWN_ARCS):
-        arc = sampler()
-        images, labels = next(valid_iter)
-        acc = batch_accuracy(state.child_steps, images, labels, arc)
-        normal, reduction = arc_lib.split_arc(arc)
+    arcs = sampler(NUM_SHOWN_ARCS)
+    batches = [next(valid_iter) for _ in arcs]
+    for arc, acc in zip(arcs, selection.paired_accuracies(state.child_steps, arcs, batches)):
+        normal, reduction = arc_lib.split_arc(arc.numpy().tolist())
         print(f"{arc_lib.format_arc(normal)}\n{arc_lib.format_arc(reduction)}\nval_acc={acc:.4f}")
         print("-" * 80)
 
 
-def _evaluate(state: SearchState, valid: data_lib.Split, test: data_lib.Split, batch_size: int,
+def split_accuracy(steps: SharedChildSteps, split: data_lib.Split, batch_size: int,
+                   sampler: ArcSampler) -> float:
+    """Accuracy of the shared child on a whole split with a freshly sampled arc for every
+    batch, as the authors evaluate. The batches mix the classes (the child's BN uses
+    batch statistics, see data.mixed_eval_batches)."""
+    batches = list(data_lib.mixed_eval_batches(split, batch_size))
+    accuracies = selection.paired_accuracies(steps, sampler(len(batches)), batches)
+    sizes = [int(labels.shape[0]) for _, labels in batches]
+    return float(np.dot(accuracies, sizes) / max(1, sum(sizes)))
+
+
+def _evaluate(state: SearchState, halves: Halves, test: data_lib.Split, config: SearchConfig,
               sampler: ArcSampler) -> Dict:
     """The shared child's accuracy with a freshly sampled arc per batch (the authors'),
-    on the selection half and on the test split."""
-    valid_acc = split_accuracy(state.child_steps, valid, batch_size, sampler=sampler)
-    test_acc = split_accuracy(state.child_steps, test, batch_size, sampler=sampler)
-    print(f"valid_accuracy: {valid_acc:.4f} (selection half)")
-    print(f"test_accuracy: {test_acc:.4f}")
-    return {"valid_accuracy": valid_acc, "test_accuracy": test_acc}
+    on the selection sample, and on the test split only under --search_test_accuracy."""
+    batch_size = config.data.eval_batch_size
+    record = {"valid_accuracy": split_accuracy(state.child_steps, halves.selection, batch_size, sampler)}
+    print(f"valid_accuracy: {record['valid_accuracy']:.4f} (selection half)")
+    if config.controller.search_test_accuracy:
+        record["test_accuracy"] = split_accuracy(state.child_steps, test, batch_size, sampler)
+        print(f"test_accuracy: {record['test_accuracy']:.4f} (--search_test_accuracy)")
+    return record
 
 
 def _save_history(out: str, history: Dict, num_classes: int) -> None:
@@ -487,7 +608,8 @@ def _write_results(config: SearchConfig, state: SearchState, records: Dict,
     if final:
         results.update({key: final[key] for key in (
             "best_arc", "best_arc_selection_accuracy", "best_arc_report_accuracy",
-            "final_candidates", "top_arcs")})
+            "best_arc_report_ci95", "final_candidates", "top_arcs")})
+        results.update({key: value for key, value in final.items() if key.startswith("held_out_")})
     else:
         best = best_so_far(records["arc_history"])
         if best is not None:
@@ -508,12 +630,17 @@ def _write_results(config: SearchConfig, state: SearchState, records: Dict,
     elif config.controller.policy == "random":
         results.update({key: None for key in LIFT_KEYS})
     results["flags"] = config.flags
+    plan = records["budget_plan"] if config.run.budget_minutes else None
+    # "budget" (planned and actual) and "reproduce_flags"
+    results.update(budget.results_fields(plan and budget.BudgetPlan.from_json(plan),
+                                         records["run_wall_s"]))
     run_dir.write_json_atomic(os.path.join(config.run.output_dir, run_dir.RESULTS_FILE), results)
     return results
 
 
-def retrain_command(output_dir: str) -> str:
-    return ("python main_child_trainer.py --flagfile presets/cpu_final.flags "
+def retrain_command(output_dir: str, search_flags) -> str:
+    """The retrain that fits this search: its final preset, and --from_search."""
+    return (f"python main_child_trainer.py --flagfile {configs.retrain_preset_for(search_flags)} "
             f"--from_search {output_dir}")
 
 
@@ -535,6 +662,11 @@ def _write_summary(config: SearchConfig, results: Dict) -> None:
         lines.append(f"Controller lift over uniform arcs (last evaluation): "
                      f"{results['controller_lift']:+.4f}, se {results['controller_lift_se']:.4f}, "
                      f"95% CI [{low:+.4f}, {high:+.4f}]")
+        if results.get("held_out_controller_lift") is not None:
+            low, high = results["held_out_controller_lift_ci95"]
+            lines.append(f"Held-out lift (report half, final weights, fresh arcs): "
+                         f"{results['held_out_controller_lift']:+.4f}, se "
+                         f"{results['held_out_controller_lift_se']:.4f}, 95% CI [{low:+.4f}, {high:+.4f}]")
     else:
         lines.append("Controller lift: n/a (random search)")
     lines += ["", f"Wall time {reporting.format_duration(results['wall_time_s'])} "
@@ -543,7 +675,7 @@ def _write_summary(config: SearchConfig, results: Dict) -> None:
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in
               sorted(results["time_split_s"].items(), key=lambda item: -item[1])]
     lines += ["", "Retrain the best cell into the final model:", "", "```",
-              retrain_command(out), "```", ""]
+              retrain_command(out, config.flags), "```", ""]
     text = "\n".join(lines)
     run_dir.write_text_atomic(os.path.join(out, SUMMARY_FILE), text)
     print(text)

@@ -58,18 +58,56 @@ def stratified_halves(split: data_lib.Split, seed: int
     return subset(split, np.sort(selection)), subset(split, np.sort(report))
 
 
+def bounded_sample(split: data_lib.Split, max_images: int, seed: int) -> data_lib.Split:
+    """A seeded random sample of at most max_images rows of a split (0: the whole split),
+    in the split's order: scoring's cost then stays the same whatever the data's size."""
+    if max_images == 0 or len(split.labels) <= max_images:
+        return split
+    rng = np.random.default_rng([seed, 6])  # its own stream, as stratified_halves'
+    return subset(split, np.sort(rng.choice(len(split.labels), size=max_images, replace=False)))
+
+
 def fixed_batches(split: data_lib.Split, batch_size: int) -> Batches:
     """The split once, in one fixed class-mixed order, as a list: every arc scored on it
     sees the very same batches."""
     return list(data_lib.mixed_eval_batches(split, batch_size))
 
 
-def score_arcs(count_correct: CountCorrect, arcs: Sequence[Sequence[int]],
-               batches: Batches) -> List[float]:
-    """Accuracy of each arc over the same batches, on the current shared weights."""
+def as_arc_tensor(arc) -> tf.Tensor:
+    """An arc (text, ints or a tensor) as the int32 [L] tensor the compiled steps take."""
+    if isinstance(arc, str):
+        arc = arc_lib.parse_arc(arc)
+    return tf.convert_to_tensor(arc, tf.int32)
+
+
+def score_arcs(count_correct: CountCorrect, arcs, batches: Batches) -> List[float]:
+    """Accuracy of each arc over the same batches, on the current shared weights. The
+    counts stay tensors until all arcs are scored: one host read, not one per batch."""
     total = sum(int(labels.shape[0]) for _, labels in batches)
-    return [sum(int(count_correct(images, labels, arc)) for images, labels in batches) / total
-            for arc in arcs]
+    counts = [tf.add_n([count_correct(images, labels, as_arc_tensor(arc)) for images, labels in batches])
+              for arc in arcs]
+    return (np.asarray(tf.stack(counts)) / total).tolist() if counts else []
+
+
+def paired_accuracies(steps, arcs, batches) -> List[float]:
+    """Accuracy of arc i on batch i (the controller's rewards, the authors' per-batch
+    evaluation). Under a strategy with several replicas, one arc per replica at once
+    (the last round padded with the first arc); every worker holds the same arcs and
+    batches, and gets every accuracy. steps: SharedChildSteps."""
+    arcs = [as_arc_tensor(arc) for arc in arcs]
+    sizes = np.array([int(labels.shape[0]) for _, labels in batches])
+    replicas = steps.strategy.num_replicas_in_sync
+    if replicas == 1:
+        counts = tf.stack([steps.count_correct(images, labels, arc)
+                           for arc, (images, labels) in zip(arcs, batches)])
+        return (np.asarray(counts) / sizes).tolist()
+    counts = []
+    for start in range(0, len(arcs), replicas):
+        round_arcs, round_batches = arcs[start:start + replicas], batches[start:start + replicas]
+        padding = replicas - len(round_arcs)
+        counts += steps.count_correct_in_parallel(round_batches + [round_batches[0]] * padding,
+                                                  round_arcs + [round_arcs[0]] * padding)[:len(round_arcs)]
+    return (np.array(counts) / sizes).tolist()
 
 
 def measure_lift(count_correct: CountCorrect, policy_arcs, uniform_arcs, batches: Batches
@@ -123,9 +161,13 @@ def select_final(count_correct: CountCorrect, candidates: Sequence[str],
     report_scores = score_arcs(count_correct, [arcs[i] for i in top], report_batches)
     top_arcs = [{"arc": candidates[i], "selection_accuracy": scores[i],
                  "report_accuracy": report} for i, report in zip(top, report_scores)]
+    report = top_arcs[0]["report_accuracy"]
+    report_images = sum(int(labels.shape[0]) for _, labels in report_batches)
+    margin = 1.96 * stats.binomial_se(report, report_images)  # normal approximation
     return {"best_arc": top_arcs[0]["arc"],
             "best_arc_selection_accuracy": top_arcs[0]["selection_accuracy"],
-            "best_arc_report_accuracy": top_arcs[0]["report_accuracy"],
+            "best_arc_report_accuracy": report,
+            "best_arc_report_ci95": [max(0.0, report - margin), min(1.0, report + margin)],
             "final_candidates": len(candidates), "top_arcs": top_arcs,
             "candidates": [{"arc": candidates[i], "selection_accuracy": scores[i]}
                            for i in order]}

@@ -1,56 +1,89 @@
 """The weight-shared child of the search phase (spec section 2, authors' layout).
 
 Every node input holds the weights of all candidate ops, one slice per
-possible input id (BN of the separable convs too). A forward pass takes an arc
-as Python ints and runs only the sampled op of each node; `dispatch_all_ops`
-computes all five and selects, as the authors do, on the same weights.
+possible input id (BN of the separable convs too). The arc is a tensor, int32
+[8 * B], so one compiled step serves every arc: each node input is a
+`tf.switch_case` on its input id (which state it reads) and then on its op, so
+only the sampled op runs, on its input's weight slice (a one-hot mask: unread
+slices and ops get a zero loss gradient, as in the authors' all-ops graph).
 
-Execution strategy (chosen by measurement, see README "Performance"): the
-walk over the arc is plain Python, and the pieces it calls (stacked separable
-conv, pools, the final combine, every conv + BN and factorized reduction of
-the stem, calibration and aux head, the classifier) are module-level
-tf.functions; only a few small ops between them run eagerly (a relu, the aux
-head's pool and dense layer). The pieces take weight values (and the input id
-as a one-hot "pick") as tensors, so their traces are keyed by shapes only: any
-number of arcs, layers and children reuse the same few traces, and no graph
-carries an op that the arc did not choose. Compiled pieces matter on CPU:
-eager max pooling, for one, runs about 6x slower than the same op inside a
-graph. Values, not variables, are passed: a trace relaxed to several variable
-shapes keeps the first one's static shape, and its gradient then fails.
+Wirings (how the sampled choices become a graph):
+  * SAMPLED, the fast path: switch_case on input id and op; the cell output sums,
+    over the unused states only, relu + that state's rows of the 1x1 conv (a
+    `tf.cond` per state), which equals the 1x1 conv of their concatenation.
+  * ALL_OPS, the reference (the authors' way): every op of every input runs, the
+    chosen one is gathered, and the 1x1 conv runs over all B + 2 states with the
+    used ones masked to zero.
+Both give the same values and gradients (tests/test_shared_child.py).
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, NamedTuple, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from src import arc as arc_lib
 from src.configs import ChildConfig
 from src.ops import (AuxHead, Calibrate, ClassifierHead, ConvBN, FactorizedReduction,
-                     avg_pool3x3, batch_norm_batch_stats, batch_norm_train, classifier_head,
-                     compute_dtype, count_params, dropout_generator, factorized_paths, halved,
-                     he_normal, in_dtype_of, max_pool3x3, next_seed, separable_conv)
+                     avg_pool3x3, batch_norm_batch_stats, classifier_head, compute_dtype,
+                     count_params, dropout_generator, halved, he_normal, in_dtype_of,
+                     max_pool3x3, next_seed, separable_conv)
 
 
-def sep_conv_stack(x, pick, depthwise, pointwise, scale, offset):
+def sep_conv_stack(x, pick, packed, *, kernel: int):
     """Twice (relu, separable conv, BN with batch stats) with the weight slices that
-    `pick` selects. pick: float32 [B + 2], one-hot on the input id; each weight list
-    holds two values [num_inputs, ...], num_inputs <= B + 2 (node k reads k + 2)."""
+    `pick` selects. x [N,H,W,C]; pick float32 [I], one-hot on the input id; packed:
+    SharedSepConv.packed(), the weights of all I inputs as one flat vector."""
     # A float selector, not an int id: recompute_grad watches every argument, and a
     # tape cannot watch an integer. It is a constant, so no gradient flows into it.
-    pick = tf.stop_gradient(pick[:tf.shape(depthwise[0])[0]])
-    for dw, pw, gamma, beta in zip(depthwise, pointwise, scale, offset):
+    pick = tf.stop_gradient(pick)
+    weights = unpack_sep_conv(packed, kernel, pick.shape[0], x.shape[-1])
+    for dw, pw, gamma, beta in weights:
         x = separable_conv(x, select_slice(dw, pick), select_slice(pw, pick))
         x, _, _ = batch_norm_batch_stats(x, select_slice(gamma, pick), select_slice(beta, pick))
     return x
 
 
-# The plain piece keeps its intermediate activations for the backward pass.
-shared_sep_conv = tf.function(sep_conv_stack, reduce_retracing=True)
-# The recomputed one keeps only its inputs and recomputes the rest in the backward
-# pass. recompute_grad sits inside the compiled function, so the recomputation is
-# part of the compiled backward graph (no eager forward rerun, no extra tape).
-sep_conv_recomputed = tf.function(tf.recompute_grad(sep_conv_stack), reduce_retracing=True)
+def sep_conv_shapes(kernel: int, num_inputs: int, channels: int):
+    """Shapes of one unit's (depthwise, pointwise, BN scale, BN offset) weights."""
+    i, c = num_inputs, channels
+    return [i, kernel, kernel, c, 1], [i, 1, 1, c, c], [i, c], [i, c]
+
+
+def unpack_sep_conv(packed, kernel: int, num_inputs: int, channels: int):
+    """The flat vector of SharedSepConv.packed() -> two units of (dw, pw, scale, offset)."""
+    shapes = sep_conv_shapes(kernel, num_inputs, channels) * 2
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    flat = [tf.reshape(part, shape) for part, shape in zip(tf.split(packed, sizes), shapes)]
+    return [flat[:4], flat[4:]]
+
+
+def select_slice(weights, one_hot):
+    """weights[i] for the one-hot i, as a masked sum over axis 0: [I, ...] -> [...].
+    Unlike a gather its gradient is dense, as a switch_case's gradient wants."""
+    mask = tf.reshape(one_hot, [-1] + [1] * (weights.shape.rank - 1))
+    return tf.reduce_sum(weights * mask, axis=0)
+
+
+# Compiled pieces, called from the switch_case branches: a call site is one op, and
+# each piece's forward and backward graphs are built once per shape (kernel, H, C, I),
+# not once per call site. Their weights come packed in one tensor: the gradient of a
+# switch_case costs tracing time for every input of every branch.
+def with_kernel(kernel: int):
+    """sep_conv_stack(x, pick, packed) for one kernel size (recompute_grad takes no
+    keyword arguments)."""
+    return lambda x, pick, packed: sep_conv_stack(x, pick, packed, kernel=kernel)
+
+
+SEP_CONV_PIECES = {
+    (kernel, recompute): tf.function(
+        # recompute_grad keeps only the inputs and recomputes the rest in the backward
+        # pass (less memory). The kernel is bound here, not passed: a Python argument
+        # of a nested tf.function may arrive as a tensor.
+        (tf.recompute_grad if recompute else (lambda f: f))(with_kernel(kernel)), autograph=False)
+    for kernel in arc_lib.SEP_CONV_KERNELS.values() for recompute in (False, True)}
+
 
 # Tensors a step keeps per node for the backward pass, in units of one node output
 # [N, H, W, C] (see estimate_activation_mb); fitted to measured peak RSS, README.
@@ -112,16 +145,6 @@ def choose_recompute(config: ChildConfig, batch_size: int):
                    f"activations, within the {budget:.0f} MB budget ({source})")
 
 
-def select_slice(weights, one_hot):
-    """weights[i] for the one-hot i, as a masked sum over axis 0: [I, ...] -> [...].
-
-    Unlike a gather its gradient is dense (no IndexedSlices), which keeps the
-    optimizer's compiled step to one trace and is XLA friendly.
-    """
-    mask = tf.reshape(one_hot, [-1] + [1] * (weights.shape.rank - 1))
-    return tf.reduce_sum(weights * mask, axis=0)
-
-
 class SharedSepConv(tf.Module):
     """Weights of one separable-conv op (kernel k, C -> C) for each possible input."""
 
@@ -129,6 +152,7 @@ class SharedSepConv(tf.Module):
                  recompute: bool = True):
         super().__init__()
         self.recompute = recompute
+        self.kernel = kernel
         c = channels
         # Fan-in as for the fixed child's [k, k, C, 1] depthwise kernel (k * k * C); the
         # authors' stored [num_inputs, k*k*C] weights got num_inputs instead.
@@ -139,62 +163,15 @@ class SharedSepConv(tf.Module):
         self.scale = [tf.Variable(tf.ones([num_inputs, c]), name="scale") for _ in range(2)]
         self.offset = [tf.Variable(tf.zeros([num_inputs, c]), name="offset") for _ in range(2)]
 
-    def __call__(self, x, pick):
-        # Values, not variables: traces then key on shapes alone (relaxed by reduce_retracing).
-        values = [[v.value() for v in vs] for vs in (self.depthwise, self.pointwise, self.scale, self.offset)]
-        piece = sep_conv_recomputed if self.recompute else shared_sep_conv
-        return piece(x, pick, *values)
+    def packed(self):
+        """Every weight, unit by unit (dw, pw, scale, offset), as one flat vector."""
+        units = zip(self.depthwise, self.pointwise, self.scale, self.offset)
+        return tf.concat([tf.reshape(v, [-1]) for unit in units for v in unit], axis=0)
 
-
-compiled_avg_pool = tf.function(avg_pool3x3, reduce_retracing=True)
-compiled_max_pool = tf.function(max_pool3x3, reduce_retracing=True)
-
-
-@tf.function(reduce_retracing=True)
-def combine_unused(concatenated, unused, final_w, bn_scale, bn_offset):
-    """relu, 1x1 conv, BN over the concatenation of the unused states.
-
-    concatenated: [N,H,W,k*C], the k unused states in id order; unused: int32 [k]
-    ids; final_w: [B + 2, C, C], one CxC block per id, so only their rows enter.
-    Returns [N,H,W,C].
-    """
-    c = tf.shape(final_w)[2]
-    w = tf.reshape(tf.gather(final_w, unused), [1, 1, tf.size(unused) * c, c])
-    x = tf.nn.relu(concatenated)
-    y, _, _ = batch_norm_batch_stats(tf.nn.conv2d(x, in_dtype_of(w, x), 1, "SAME"),
-                                     bn_scale, bn_offset)
-    return y
-
-
-@tf.function(reduce_retracing=True)
-def conv_bn_train(x, w, bn, relu: bool):
-    """ConvBN's training pass on weight values: (relu,) conv, BN with batch statistics.
-    bn: see batch_norm_train. Returns (y, the BN's new moving averages)."""
-    if relu:
-        x = tf.nn.relu(x)
-    return batch_norm_train(tf.nn.conv2d(x, in_dtype_of(w, x), 1, "SAME"), bn)
-
-
-@tf.function(reduce_retracing=True)
-def factorized_reduction_train(x, w_path1, w_path2, bn):
-    """FactorizedReduction's training pass on weight values; returns (y, new moving averages)."""
-    return batch_norm_train(factorized_paths(x, w_path1, w_path2), bn)
-
-
-compiled_classifier_head = tf.function(classifier_head, reduce_retracing=True)
-
-
-def run_piece(piece: Union[ConvBN, FactorizedReduction], x):
-    """The training pass of a ConvBN or FactorizedReduction on the compiled functions,
-    then its BN's moving averages are assigned (the search's BN normalises with batch
-    statistics and never reads them, but the checkpoint keeps them current)."""
-    if isinstance(piece, ConvBN):
-        y, moving_averages = conv_bn_train(x, piece.w.value(), piece.bn.values(), piece.relu)
-    else:
-        y, moving_averages = factorized_reduction_train(x, piece.w_path1.value(),
-                                                        piece.w_path2.value(), piece.bn.values())
-    piece.bn.assign_moving_averages(*moving_averages)
-    return y
+    def apply(self, x, pick, packed):
+        """x [N,H,W,C]; pick float32 [I], one-hot on the input id x came from; packed:
+        self.packed(), made outside any switch_case."""
+        return SEP_CONV_PIECES[self.kernel, self.recompute](x, pick, packed)
 
 
 class NodeInput(tf.Module):
@@ -203,41 +180,126 @@ class NodeInput(tf.Module):
     def __init__(self, num_inputs: int, channels: int, stacked_fan_in: bool = False,
                  recompute: bool = True):
         super().__init__()
+        self.num_inputs = num_inputs
         # A list indexed by op id (0: 3x3, 1: 5x5); checkpoints need string keys for dicts.
         self.sep_convs = [SharedSepConv(arc_lib.SEP_CONV_KERNELS[op], num_inputs, channels,
                                         stacked_fan_in, recompute)
                           for op in sorted(arc_lib.SEP_CONV_KERNELS)]
 
-    def op(self, op: int, x, pick):
-        """Output of candidate `op` (a Python int) on x, whose input id `pick` one-hot
-        encodes; pools and identity need no weights because calibration already
-        brought every input to the cell's channels."""
-        if op in arc_lib.SEP_CONV_KERNELS:
-            return self.sep_convs[op](x, pick)
-        if op == arc_lib.AVG_POOL:
-            return compiled_avg_pool(x)
-        if op == arc_lib.MAX_POOL:
-            return compiled_max_pool(x)
-        return x
+    def values(self):
+        """Both separable convs' packed weights (see SharedSepConv.packed)."""
+        return tuple(sep.packed() for sep in self.sep_convs)
+
+    @property
+    def recompute(self) -> bool:
+        return self.sep_convs[0].recompute
 
 
-Dispatch = Callable[[NodeInput, tf.Tensor, tf.Tensor, int], tf.Tensor]
+def candidate_op(op: int, x, pick, packed, recompute: bool):
+    """Output of candidate `op` (a Python int) on x, whose input id `pick` one-hot
+    encodes; packed: NodeInput.values(). Pools and identity need no weights because
+    calibration already brought every input to the cell's channels."""
+    if op in arc_lib.SEP_CONV_KERNELS:
+        return SEP_CONV_PIECES[arc_lib.SEP_CONV_KERNELS[op], recompute](x, pick, packed[op])
+    if op == arc_lib.AVG_POOL:
+        return avg_pool3x3(x)
+    if op == arc_lib.MAX_POOL:
+        return max_pool3x3(x)
+    return tf.identity(x)
 
 
-def dispatch_sampled_op(node_input: NodeInput, x, pick, op: int):
-    """Runs only the op the arc chose (the fast path)."""
-    return node_input.op(op, x, pick)
+# ---------------------------------------------------------------- the two wirings
+
+def switch_node_input(states, input_id, op, packed, recompute: bool):
+    """The chosen op on the chosen state, and nothing else: input_id, op int32 [];
+    states: the node's readable states, each [N,H,W,C]."""
+    x = tf.switch_case(input_id, [lambda s=s: tf.identity(s) for s in states])
+    pick = tf.one_hot(input_id, len(states))
+    return tf.switch_case(op, [lambda o=o: candidate_op(o, x, pick, packed, recompute)
+                               for o in range(arc_lib.NUM_BRANCHES)])
 
 
-def dispatch_all_ops(node_input: NodeInput, x, pick, op: int):
-    """Runs all five ops and keeps one, as the authors' code does (the reference)."""
-    outs = tf.stack([node_input.op(o, x, pick) for o in range(arc_lib.NUM_BRANCHES)])
-    return outs[op]  # [5, N, H, W, C] -> [N, H, W, C]
+# One compiled piece per node input shape (number of states, H, C): its forward and
+# backward graphs (a switch_case's gradient is expensive to build) are traced once per
+# shape, and every node input of that shape, in any layer or child, calls them.
+compiled_node_input = tf.function(switch_node_input, autograph=False)
+
+
+def sampled_node_input(node_input: NodeInput, states: Sequence[tf.Tensor], input_id, op):
+    """The fast wiring's node input (switch_node_input, compiled)."""
+    return compiled_node_input(tuple(states), input_id, op, node_input.values(),
+                               node_input.recompute)
+
+
+def all_ops_node_input(node_input: NodeInput, states: Sequence[tf.Tensor], input_id, op):
+    """Every op on the chosen state, then the chosen one kept (the authors' reference)."""
+    x = tf.gather(tf.stack(states), input_id)  # [k, N,H,W,C] -> [N,H,W,C]
+    pick, packed = tf.one_hot(input_id, len(states)), node_input.values()
+    outs = tf.stack([candidate_op(o, x, pick, packed, node_input.recompute)
+                     for o in range(arc_lib.NUM_BRANCHES)])
+    return tf.gather(outs, op)  # [5, N,H,W,C] -> [N,H,W,C]
+
+
+def unused_states(cell, num_states: int):
+    """bool [num_states]: True for the states (cell inputs 0, 1 and nodes) no node of
+    `cell` (int32 [4 * B]) reads: those are concatenated into the cell's output."""
+    read_ids = tf.concat([cell[0::4], cell[2::4]], axis=0)  # every x_id, then every y_id
+    reads = tf.reduce_sum(tf.one_hot(read_ids, num_states), axis=0)
+    return tf.equal(reads, 0.0)
+
+
+def project_state(state, w):
+    """relu, then the 1x1 conv rows w [C, C] that belong to this state's channels."""
+    return tf.nn.conv2d(tf.nn.relu(state), in_dtype_of(w[tf.newaxis, tf.newaxis], state), 1, "SAME")
+
+
+def combine_unused_only(states, unused, final_w, scale, offset):
+    """relu + 1x1 conv + BN over the concatenation of the unused states, as the sum
+    of each unused state's projection by its own CxC block of final_w [B + 2, C, C]:
+    the same values and gradients, with fixed shapes and no work for used states."""
+    zeros = lambda: tf.zeros_like(states[0])  # noqa: E731
+    blocks = tf.unstack(final_w)  # [B + 2, C, C] -> B + 2 x [C, C], outside the conds
+    projected = [tf.cond(unused[i], lambda s=s, w=w: project_state(s, w), zeros)
+                 for i, (s, w) in enumerate(zip(states, blocks))]
+    y, _, _ = batch_norm_batch_stats(tf.add_n(projected), scale, offset)
+    return y
+
+
+# Compiled for the same reason as compiled_node_input: its conds' gradients are
+# built once per shape.
+compiled_combine_unused_only = tf.function(combine_unused_only, autograph=False)
+
+
+def combine_masked_concat(states, unused, final_w, scale, offset):
+    """The reference: all B + 2 states concatenated with the used ones zeroed, one
+    1x1 conv with every row of final_w, BN."""
+    mask = tf.cast(unused, states[0].dtype)
+    masked = tf.concat([s * mask[i] for i, s in enumerate(states)], axis=3)  # [N,H,W,(B+2)C]
+    c = final_w.shape[-1]
+    w = tf.reshape(final_w, [1, 1, len(states) * c, c])
+    y, _, _ = batch_norm_batch_stats(
+        tf.nn.conv2d(tf.nn.relu(masked), in_dtype_of(w, masked), 1, "SAME"), scale, offset)
+    return y
+
+
+class Wiring(NamedTuple):
+    node_input: Callable  # (NodeInput, states, input_id, op) -> [N,H,W,C]
+    combine: Callable  # (states, unused, final_w, scale, offset) -> [N,H,W,C]
+
+
+SAMPLED = Wiring(sampled_node_input,
+                 lambda states, *weights: compiled_combine_unused_only(tuple(states), *weights))
+ALL_OPS = Wiring(all_ops_node_input, combine_masked_concat)
+
+
+def compiled_pieces():
+    """The module-level tf.functions the shared child calls (to count their traces)."""
+    return [compiled_node_input, compiled_combine_unused_only, *SEP_CONV_PIECES.values()]
 
 
 class SharedLayer(tf.Module):
     """One search-phase layer: calibrate, B nodes, relu + 1x1 conv + BN over the
-    concatenation of the unused nodes (weights only for the used rows)."""
+    concatenation of the unused nodes."""
 
     def __init__(self, shape0, shape1, channels: int, num_cells: int, reduce_first: Optional[int],
                  stacked_fan_in: bool = False, recompute: bool = True):
@@ -257,26 +319,25 @@ class SharedLayer(tf.Module):
         self.out_shape = (shape1[0], channels)
 
     def _prepare_inputs(self, prev0, prev1):
-        """(Reduction layers: halve the last output, then) calibrate both inputs."""
+        """(Reduction layers: halve the last output, then) calibrate both inputs. The
+        search's BN always normalises with batch statistics; the moving averages are
+        still kept current, for the checkpoint."""
         if self.reduce is not None:
-            prev0, prev1 = prev1, run_piece(self.reduce, prev1)
-        x0, x1 = self.calibrate.apply(prev0, prev1, run_piece)
+            prev0, prev1 = prev1, self.reduce(prev1, training=True)
+        x0, x1 = self.calibrate(prev0, prev1, training=True)
         return x0, x1, prev1
 
-    def __call__(self, prev0, prev1, cell: Sequence[int], picks: List[tf.Tensor], dispatch: Dispatch):
+    def __call__(self, prev0, prev1, cell, wiring: Wiring = SAMPLED):
         """Returns (this layer's output, the input the next layer sees as h[i-1]).
-
-        picks[i]: the one-hot of input id i (see shared_sep_conv)."""
+        cell: int32 [4 * B], nodes of (x_id, x_op, y_id, y_op)."""
         x0, x1, prev1 = self._prepare_inputs(prev0, prev1)
         states = [x0, x1]
-        for (x_id, x_op, y_id, y_op), (x_in, y_in) in zip(arc_lib.cell_nodes(cell), self.nodes):
-            states.append(dispatch(x_in, states[x_id], picks[x_id], x_op)
-                          + dispatch(y_in, states[y_id], picks[y_id], y_op))
-        unused = arc_lib.unused_ids(cell)
-        # Only the unused states are copied (the authors stack all B + 2, then gather).
-        concatenated = tf.concat([states[i] for i in unused], axis=3)  # [N,H,W,k*C]
-        out = combine_unused(concatenated, tf.constant(unused, tf.int32), self.final_w.value(),
-                             self.final_scale.value(), self.final_offset.value())
+        for node, (x_in, y_in) in enumerate(self.nodes):
+            x_id, x_op, y_id, y_op = (cell[4 * node + j] for j in range(4))
+            states.append(wiring.node_input(x_in, states, x_id, x_op)
+                          + wiring.node_input(y_in, states, y_id, y_op))
+        out = wiring.combine(states, unused_states(cell, len(states)), self.final_w.value(),
+                             self.final_scale, self.final_offset)
         return out, prev1
 
 
@@ -284,7 +345,7 @@ class SharedChild(tf.Module):
     """Stem, num_layers + 2 shared layers, aux head, classifier. BN always uses
     batch statistics (also for evaluation), as in the authors' search phase."""
 
-    def __init__(self, config: ChildConfig, dispatch: Dispatch = dispatch_sampled_op, seed: int = 0,
+    def __init__(self, config: ChildConfig, wiring: Wiring = SAMPLED, seed: int = 0,
                  recompute: bool = True):
         """recompute: separable convs recompute their activations in the backward pass
         (less memory, see choose_recompute)."""
@@ -292,7 +353,7 @@ class SharedChild(tf.Module):
         self.config = config
         self.compute_dtype = compute_dtype(config.mixed_precision)
         self.recompute = recompute
-        self.dispatch = dispatch
+        self.wiring = wiring
         reductions = arc_lib.reduction_layer_ids(config.num_layers, config.num_reductions)
         self.aux_layer = arc_lib.aux_head_layer_id(config.num_layers, config.num_reductions)
         stem_c = 3 * config.out_filters
@@ -312,41 +373,37 @@ class SharedChild(tf.Module):
             if config.use_aux_heads and layer_id == self.aux_layer:
                 self.aux_head = AuxHead(c, layer.out_shape[0], config.num_classes)
         self.head = ClassifierHead(c, config.num_classes, config.keep_prob)
-        # Input ids as one-hot tensors [B + 2], made once: a Python int would retrace the
-        # compiled pieces, and all ids share one shape, hence one trace.
-        self._picks = [tf.one_hot(i, config.num_cells + 2) for i in range(config.num_cells + 2)]
         self.rng = dropout_generator(seed)
 
-    @staticmethod
-    def compiled_functions():
-        """Every tf.function the forward pass calls (to count traces); module-level,
-        so shared by all children."""
-        return [shared_sep_conv, sep_conv_recomputed, compiled_avg_pool, compiled_max_pool, combine_unused,
-                conv_bn_train, factorized_reduction_train, compiled_classifier_head]
+    @property
+    def arc_length(self) -> int:
+        return 8 * self.config.num_cells
 
     @property
     def layer_shapes(self):
         return [layer.out_shape for layer in self.layers]
 
-    def __call__(self, images, arc: Sequence[int], training: bool = True):
-        """images [N,H,W,C], arc of 8*B Python ints -> (logits, aux logits or None).
+    def __call__(self, images, arc, training: bool = True):
+        """images [N,H,W,C], arc int32 [8 * B] (a tensor, or a sequence of ints) ->
+        (logits, aux logits or None).
 
         `training` switches dropout and the aux head only: BN always uses batch stats.
         The layers run in the compute dtype (ops.py); the logits are float32.
         """
-        normal, reduction = arc_lib.split_arc([int(a) for a in arc], self.config.num_cells)
-        x = run_piece(self.stem, tf.cast(images, self.compute_dtype))
+        arc = tf.convert_to_tensor(arc, tf.int32)
+        half = 4 * self.config.num_cells
+        normal, reduction = arc[:half], arc[half:]
+        x = self.stem(tf.cast(images, self.compute_dtype), training=True)
         prev0, prev1 = x, x
         aux_logits = None
         for layer_id, layer in enumerate(self.layers):
             cell = reduction if layer.reduce is not None else normal
-            out, prev1 = layer(prev0, prev1, cell, self._picks, self.dispatch)
+            out, prev1 = layer(prev0, prev1, cell, self.wiring)
             prev0, prev1 = prev1, out
             if training and self.aux_head is not None and layer_id == self.aux_layer:
-                aux_logits = self.aux_head.apply(out, run_piece)
-        # The dropout seed is drawn even where it is unused, so every call has one signature.
-        logits = compiled_classifier_head(prev1, self.head.w.value(), self.head.keep_prob,
-                                          training, next_seed(self.rng))
+                aux_logits = self.aux_head(out, training=True)
+        seed = next_seed(self.rng) if training and self.head.keep_prob < 1.0 else None
+        logits = classifier_head(prev1, self.head.w, self.head.keep_prob, training, seed)
         return logits, aux_logits
 
     def body_variables(self) -> List[tf.Variable]:

@@ -10,7 +10,7 @@ import pytest
 import cli_common
 from src import arc as arc_lib
 from src.arc import ArcError
-from src.configs import ConfigError
+from src.configs import ConfigError, DataConfig, data_config_from_flag_values
 from tests.conftest import ROOT
 from tests.test_end_to_end import read, run_script
 
@@ -163,6 +163,52 @@ def test_the_retrain_reuses_the_split_lists_of_a_data_dir_search(tmp_path):
     taken = cli_common.from_search_flag_values(str(folder), search_flags, {"split_dir"},
                                                RETRAIN_VALUES)
     assert "split_dir" not in taken
+
+
+AUGMENTED_SEARCH = dict(SEARCH_FLAGS, child_num_reductions=3, child_random_flip=True,
+                        child_random_crop=True, child_random_affine=False)
+
+
+def test_the_search_shape_wins_over_a_preset_and_its_augmentation_over_the_defaults(tmp_path):
+    folder = str(finished_search(tmp_path / "search", search_flags=AUGMENTED_SEARCH))
+    # A preset set --img_size, --child_num_reductions and --child_random_affine; the command
+    # line typed --child_random_crop=false.
+    taken = cli_common.from_search_flag_values(
+        folder, AUGMENTED_SEARCH, given={"child_random_crop"}, values=dict(
+            RETRAIN_VALUES, child_num_reductions=2, child_random_flip=False,
+            child_random_crop=False, child_random_affine=True),
+        preset={"img_size", "child_num_reductions", "child_random_affine"})
+    assert taken["img_size"] == 24 and taken["child_num_reductions"] == 3  # the search's
+    assert taken["child_random_flip"] is True  # the preset said nothing: the search's flips
+    assert "child_random_affine" not in taken  # the preset's choice of augmentation stays
+    assert "child_random_crop" not in taken  # typed on the command line
+
+
+def test_the_recorded_flagfiles_are_those_on_the_command_line():
+    argv = ["prog", "--flagfile=presets/a.flags", "--img_size", "16", "--flagfile",
+            "presets/b.flags", "--", "--flagfile=c"]
+    assert cli_common.command_line_flagfiles(argv) == ["presets/a.flags", "presets/b.flags"]
+    assert cli_common.command_line_flagfiles(["prog", "--img_size=3"]) == []
+
+
+def test_one_conversion_from_flag_values_to_a_data_config():
+    values = {"train_data_dir": "/t", "val_data_dir": "/v", "test_data_dir": "/s",
+              "channel": 3, "img_size": 24, "batch_size": 7, "child_random_flip": True,
+              "child_cutout_size": 8, "seed": 5, "data_dir": "/all", "valid_fraction": 0.2,
+              "output_dir": "out", "cache_dir": "", "split_dir": "", "unrelated_flag": 1}
+    config = data_config_from_flag_values(values)
+    assert (config.train_dir, config.valid_dir, config.test_dir) == ("/t", "/v", "/s")
+    assert (config.channel, config.img_size, config.batch_size, config.eval_batch_size) == (3, 24, 7, 7)
+    assert (config.random_flip, config.cutout_size, config.seed) == (True, 8, 5)
+    assert (config.data_dir, config.valid_fraction) == ("/all", 0.2)
+    assert config.cache_dir == os.path.join("out", "cache")
+    assert config.split_list_dir == os.path.join("out", "splits")
+    # Flags not given keep DataConfig's defaults; no output folder, no kept cache or lists.
+    bare = data_config_from_flag_values({"img_size": 12})
+    assert bare == DataConfig(img_size=12)
+    # An explicit cache or list folder is kept as given.
+    kept = data_config_from_flag_values(dict(values, cache_dir="/c", split_dir="/l"))
+    assert (kept.cache_dir, kept.split_list_dir) == ("/c", "/l")
 
 
 @pytest.mark.parametrize("make, why", [

@@ -1,10 +1,9 @@
 """The search's result: the validation halves, the lift's error bar, the final selection
-on the final weights, the time split, and tools/rank_fidelity.py."""
+on the final weights and the time split (tools/rank_fidelity.py: test_study_tools.py)."""
 import dataclasses
 import json
 import os
 import random
-import sys
 
 import numpy as np
 import pytest
@@ -15,11 +14,7 @@ from src import data as data_lib
 from src import run_dir, search, selection, stats
 from src.checkpoints import restore_or_start
 from src.data import Split
-from tests.conftest import ROOT
 from tests.test_end_to_end import read, search_config
-
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import rank_fidelity  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- statistics
@@ -145,16 +140,75 @@ def test_final_candidates_are_the_best_seen_then_fresh_without_repeats():
 # ---------------------------------------------------------------------------- a tiny search
 
 
+class HalfSpy:
+    """Records which validation half every scoring call of a search reads, and whether
+    the final selection had begun: images are told apart by their bytes."""
+
+    def __init__(self):
+        self.halves = None
+        self.in_final = False
+        self.reads = []  # (in the final selection, "selection" | "report")
+
+    def which(self, batches):
+        keys = {half: {img.tobytes() for images, _ in getattr(self.halves, half + "_batches")
+                       for img in np.asarray(images)} for half in ("selection", "report")}
+        read = {np.asarray(img).tobytes() for images, _ in batches for img in np.asarray(images)}
+        assert read <= keys["selection"] or read <= keys["report"], "a batch mixing the halves"
+        return "selection" if read <= keys["selection"] else "report"
+
+    def install(self, monkeypatch):
+        def wrap(module, name, batches_of):
+            original = getattr(module, name)
+
+            def spied(*args, **kwargs):
+                result = original(*args, **kwargs)
+                if name == "validation_halves":
+                    self.halves = result
+                elif name == "_final_selection":
+                    self.in_final = False
+                else:
+                    self.reads.append((self.in_final, self.which(batches_of(args))))
+                return result
+            monkeypatch.setattr(module, name, spied)
+
+        wrap(search, "validation_halves", None)
+        wrap(selection, "score_arcs", lambda args: args[2])
+        wrap(selection, "paired_accuracies", lambda args: args[2])
+        original_final = search._final_selection
+
+        def final(*args, **kwargs):
+            self.in_final = True
+            return original_final(*args, **kwargs)
+        monkeypatch.setattr(search, "_final_selection", final)
+
+
 @pytest.fixture(scope="module")
 def finished_search(tiny_folders, tmp_path_factory):
     out = tmp_path_factory.mktemp("finished") / "search"
     config = search_config(tiny_folders, out, num_epochs=2)
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, steps_per_epoch=3))
-    return config, search.run(config)
+    spy = HalfSpy()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        spy.install(monkeypatch)
+        results = search.run(config)
+    return config, results, spy
+
+
+def test_the_report_half_is_read_only_at_the_end(finished_search):
+    # Rewards, shown arcs, evaluations and the lift read the selection half; the report
+    # half is read only inside the final selection (its report and the held-out lift).
+    _, results, spy = finished_search
+    during = {half for in_final, half in spy.reads if not in_final}
+    at_end = {half for in_final, half in spy.reads if in_final}
+    assert during == {"selection"}
+    assert at_end == {"selection", "report"}
+    assert results["held_out_controller_lift"] is not None
+    low, high = results["best_arc_report_ci95"]
+    assert low < results["best_arc_report_accuracy"] < high
 
 
 def test_final_selection_uses_the_final_weights_and_the_selection_half(finished_search):
-    config, results = finished_search
+    config, results, _ = finished_search
     out = config.run.output_dir
     assert results["final_selection"] is True
     assert read(os.path.join(out, "best_arc.txt")).strip() == results["best_arc"]
@@ -179,7 +233,7 @@ def test_final_selection_uses_the_final_weights_and_the_selection_half(finished_
 
 
 def test_time_split_adds_up_to_the_wall_time(finished_search):
-    _, results = finished_search
+    _, results, _ = finished_search
     split = results["time_split_s"]
     for part in ("setup", "tracing", "child_steps", "controller", "evaluation", "lift",
                  "final_selection", "checkpoints_and_files"):
@@ -197,27 +251,3 @@ def test_stopped_before_the_final_selection_says_so(tiny_folders, tmp_path):
     scored = json.loads(read(tmp_path / "early" / "arc_history.json"))
     assert results["best_arc"] in [e["arc"] for e in scored]  # the best so far
     assert "progress only" in read(tmp_path / "early" / "stdout")
-
-
-def test_rank_fidelity_runs_end_to_end_with_three_arcs(finished_search):
-    config, results = finished_search
-    out = config.run.output_dir
-    budget = rank_fidelity.ProxyBudget(name="tiny", num_layers=1, out_filters=4, num_epochs=1,
-                                       batch_size=12)
-    report = rank_fidelity.run(out, num_arcs=3, random_arcs=1, budget=budget, seed=0)
-    saved = json.loads(read(os.path.join(out, "rank_fidelity.json")))
-    assert saved["kendall_tau"] == report["kendall_tau"] or np.isnan(report["kendall_tau"])
-    assert len(saved["pairs"]) == 3 and saved["pairs"][0]["arc"] == results["best_arc"]
-    assert saved["pairs"][0]["final_rank"] == 1
-    for pair in saved["pairs"]:
-        assert 0.0 <= pair["alone_test_accuracy"] <= 1.0
-    for key in ("kendall_tau_ci95", "spearman_rho_ci95"):
-        assert len(saved[key]) == 2
-    assert saved["random_arcs"]["runs"][0]["arc"] == arc_lib.seeded_random_arc(1)
-    assert os.path.getsize(os.path.join(out, "rank_fidelity.png")) > 0
-
-
-def test_spread_picks_include_the_winner_and_the_worst():
-    assert rank_fidelity.spread_picks(100, 8)[0] == 0
-    assert rank_fidelity.spread_picks(100, 8)[-1] == 99 and len(rank_fidelity.spread_picks(100, 8)) == 8
-    assert rank_fidelity.spread_picks(3, 8) == [0, 1, 2]

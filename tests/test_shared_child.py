@@ -7,9 +7,9 @@ import tensorflow as tf
 
 from src import arc as arc_lib
 from src.configs import OptimConfig
-from src.shared_child import (KEPT_PER_NODE_PLAIN, SharedChild, SharedSepConv, choose_recompute,
-                               dispatch_all_ops, dispatch_sampled_op, estimate_activation_mb,
-                               sep_conv_recomputed, shared_sep_conv)
+from src.shared_child import (ALL_OPS, KEPT_PER_NODE_PLAIN, SAMPLED, SEP_CONV_PIECES, SharedChild,
+                               SharedSepConv, choose_recompute, compiled_pieces,
+                               estimate_activation_mb)
 from src.child_steps import SharedChildSteps, classification_loss
 from tests.conftest import tiny_child_config
 
@@ -54,74 +54,94 @@ def test_sampled_ops_equal_all_ops_and_select(num_reductions):
     child = SharedChild(tiny_child_config(num_reductions=num_reductions))
     images = tf.random.normal([6, 16, 16, 1])
     rng = random.Random(num_reductions)
-    for _ in range(5):
+    for _ in range(3):
         arc = arc_lib.random_arc(rng)
-        child.dispatch = dispatch_sampled_op
+        child.wiring = SAMPLED
         fast, _ = child(images, arc, training=False)
-        child.dispatch = dispatch_all_ops
+        child.wiring = ALL_OPS
         reference, _ = child(images, arc, training=False)
         np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5)
 
 
-def test_gradients_equal_all_ops_and_unchosen_ops_get_none():
+def loss_and_gradients(child, images, labels, arc):
+    with tf.GradientTape() as tape:
+        logits, aux = child(images, arc, training=True)
+        loss = classification_loss(labels, logits, aux, 0.4)
+    grads = tape.gradient(loss, child.trainable_variables,
+                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return loss, logits, [tf.convert_to_tensor(g) for g in grads]
+
+
+def test_compiled_step_equals_the_all_ops_reference_on_random_arcs():
+    # The compiled train step (arc as a tensor, switch_case) against the authors' all-ops
+    # graph run eagerly: the same loss, logits and gradients of every weight.
+    tf.random.set_seed(1)
+    child = SharedChild(tiny_child_config(num_layers=1), recompute=False)
+    steps = SharedChildSteps(child, OptimConfig(lr_max=0.01, l2_reg=1e-4))
+    images, labels = tf.random.normal([6, 16, 16, 1]), tf.constant([0, 1, 2, 0, 1, 2])
+    compiled = tf.function(lambda arc: loss_and_gradients(child, images, labels, arc),
+                           input_signature=[steps.arc_spec], autograph=False)
+    rng = random.Random(5)
+    for _ in range(3):
+        arc = arc_lib.random_arc(rng)
+        loss, logits, grads = compiled(tf.constant(arc, tf.int32))
+        child.wiring = ALL_OPS
+        ref_loss, ref_logits, ref_grads = loss_and_gradients(child, images, labels, arc)
+        child.wiring = SAMPLED
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+        np.testing.assert_allclose(logits, ref_logits, rtol=1e-4, atol=1e-5)
+        for fast, reference in zip(grads, ref_grads):
+            np.testing.assert_allclose(fast, reference, rtol=1e-3, atol=1e-5)
+    assert compiled.experimental_get_tracing_count() == 1
+
+
+def test_gradients_of_unchosen_ops_and_input_slices_are_zero():
     tf.random.set_seed(1)
     child = SharedChild(tiny_child_config(use_aux_heads=False))
     images, labels = tf.random.normal([6, 16, 16, 1]), tf.constant([0, 1, 2, 0, 1, 2])
     arc = arc_lib.parse_arc(arc_lib.DEFAULT_ARC)
-    grads = {}
-    for name, dispatch in (("fast", dispatch_sampled_op), ("all", dispatch_all_ops)):
-        child.dispatch = dispatch
-        with tf.GradientTape() as tape:
-            logits, _ = child(images, arc, training=True)
-            loss = classification_loss(labels, logits, None, 0.4)
-        grads[name] = tape.gradient(loss, child.trainable_variables,
-                                    unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    for fast, reference in zip(grads["fast"], grads["all"]):
-        np.testing.assert_allclose(tf.convert_to_tensor(fast), tf.convert_to_tensor(reference),
-                                   rtol=1e-4, atol=1e-5)
-    # Node 2 of the normal cell reads x from id 1 with avg pool: its sep convs get nothing,
-    # while the y input's ... op 3 (max pool) too; node 3 reads id 0 with sep 5x5.
+    _, _, grads = loss_and_gradients(child, images, labels, arc)
+    # Node 3 of the normal cell reads x from id 0 with sep 5x5: its 3x3 gets nothing, and
+    # its 5x5 only in input id 0's slice.
     node3_x = child.layers[0].nodes[1][0]
-    assert float(tf.reduce_sum(tf.abs(_grad_of(child, grads["fast"], node3_x.sep_convs[0].depthwise[0])))) == 0.0
-    used = _grad_of(child, grads["fast"], node3_x.sep_convs[1].depthwise[0]).numpy()
-    assert np.abs(used[0]).sum() > 0 and np.abs(used[1:]).sum() == 0  # only input id 0's slice
+    assert float(tf.reduce_sum(tf.abs(_grad_of(child, grads, node3_x.sep_convs[0].depthwise[0])))) == 0.0
+    used = _grad_of(child, grads, node3_x.sep_convs[1].depthwise[0]).numpy()
+    assert np.abs(used[0]).sum() > 0 and np.abs(used[1:]).sum() == 0
 
 
 def _grad_of(child, grads, variable):
     index = [id(v) for v in child.trainable_variables].index(id(variable))
-    return tf.convert_to_tensor(grads[index])
+    return grads[index]
 
 
-def test_many_arcs_reuse_the_same_traces():
+def test_the_compiled_step_is_traced_once_for_many_arcs():
     tf.random.set_seed(2)
-    child = SharedChild(tiny_child_config())
+    child = SharedChild(tiny_child_config(num_layers=1))
     steps = SharedChildSteps(child, OptimConfig(lr_max=0.01, l2_reg=1e-4))
+    steps.warm_up()
     images, labels = tf.random.normal([4, 16, 16, 1]), tf.constant([0, 1, 2, 0])
+    pieces = [f.experimental_get_tracing_count() for f in compiled_pieces()]
     rng = random.Random(3)
-    for _ in range(5):  # warm-up: every shape each piece sees
-        steps.train_step(images, labels, arc_lib.random_arc(rng))
-    def traces():
-        return [f.experimental_get_tracing_count() for f in child.compiled_functions()]
-
-    warm = traces()
-    assert steps._apply.experimental_get_tracing_count() == 1
-    for _ in range(100):
-        steps.train_step(images, labels, arc_lib.random_arc(rng))
-    assert traces() == warm
-    assert steps._apply.experimental_get_tracing_count() == 1
+    for _ in range(20):
+        arc = tf.constant(arc_lib.random_arc(rng), tf.int32)
+        steps.train_step(images, labels, arc)
+        steps.count_correct(images, labels, arc)
+    steps.train_step(images[:3], labels[:3], arc)  # another batch size: the same trace
+    assert [f.experimental_get_tracing_count() for f in steps.compiled_functions()] == [1, 1]
+    assert [f.experimental_get_tracing_count() for f in compiled_pieces()] == pieces
 
 
-def test_a_second_child_reuses_the_first_ones_traces():
+def test_a_second_child_reuses_the_first_ones_pieces():
     # The compiled pieces are module-level and take weights as arguments: no trace per
     # layer or child instance (TensorFlow warns about those as retracing).
     images, arc = tf.random.normal([2, 16, 16, 1]), arc_lib.parse_arc(arc_lib.DEFAULT_ARC)
 
     def traces():
-        return sum(f.experimental_get_tracing_count() for f in SharedChild.compiled_functions())
+        return sum(f.experimental_get_tracing_count() for f in compiled_pieces())
 
-    SharedChild(tiny_child_config())(images, arc, training=True)
+    SharedChild(tiny_child_config(num_layers=1))(images, arc, training=True)
     warm = traces()
-    SharedChild(tiny_child_config())(images, arc, training=True)
+    SharedChild(tiny_child_config(num_layers=1))(images, arc, training=True)
     assert traces() == warm
 
 
@@ -145,15 +165,14 @@ def test_odd_feature_map_sizes_round_up(img_size, num_reductions):
 
 def test_recomputed_sep_conv_gives_the_plain_gradients():
     sep = SharedSepConv(5, num_inputs=3, channels=4)
-    # Input id 2 of B + 2 = 7 possible ids; these weights hold 3 slices (node 1).
-    x, pick = tf.random.normal([2, 8, 8, 4]), tf.one_hot(2, 7)
-    weights = [[v.value() for v in vs] for vs in (sep.depthwise, sep.pointwise, sep.scale, sep.offset)]
+    # Input id 2 of the 3 this node input may read.
+    x, pick, packed = tf.random.normal([2, 8, 8, 4]), tf.one_hot(2, 3), sep.packed()
     grads = []
-    for fn in (shared_sep_conv, sep_conv_recomputed):
+    for recompute in (False, True):
         with tf.GradientTape() as tape:
-            tape.watch([x] + tf.nest.flatten(weights))
-            loss = tf.reduce_sum(tf.sin(fn(x, pick, *weights)))
-        grads.append(tape.gradient(loss, [x] + tf.nest.flatten(weights)))
+            tape.watch([x, packed])
+            loss = tf.reduce_sum(tf.sin(SEP_CONV_PIECES[5, recompute](x, pick, packed)))
+        grads.append(tape.gradient(loss, [x, packed]))
     for plain, recomputed in zip(*grads):
         np.testing.assert_allclose(plain, recomputed, rtol=1e-5, atol=1e-6)
 

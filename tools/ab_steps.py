@@ -55,13 +55,19 @@ def main() -> None:
     state = search.build_state(SearchConfig(
         data=DataConfig(), child=child, optim=OptimConfig(lr_max=0.05, lr_min=0.0005, l2_reg=1e-4),
         controller=ControllerConfig(), run=RunConfig()))
-    state.child_steps.warm_up(images, labels)
+    if hasattr(search, "controller_sampler"):  # the compiled step: arcs as int32 tensors
+        state.child_steps.warm_up()
+        sample = search.controller_sampler(state.controller)
+        draw = lambda: sample(1)[0]  # noqa: E731
+    else:  # a checkout from before it
+        state.child_steps.warm_up(images, labels)
+        draw = lambda: search.sample_arc(state.controller)  # noqa: E731
 
     def child_step():
-        float(state.child_steps.train_step(images, labels, search.sample_arc(state.controller))["loss"])
+        float(state.child_steps.train_step(images, labels, draw())["loss"])
 
     def valid_forward():
-        int(state.child_steps.count_correct(images, labels, search.sample_arc(state.controller)))
+        int(state.child_steps.count_correct(images, labels, draw()))
 
     figures = {"search_step_s": median_time(child_step, 8),
                "valid_forward_s": median_time(valid_forward, 8),

@@ -43,8 +43,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from src import data as data_lib  # noqa: E402
-from src import image_cache, run_dir  # noqa: E402
-from src.configs import ConfigError, DataConfig  # noqa: E402
+from src import run_dir  # noqa: E402
+from src.configs import ConfigError, DataConfig, data_config_from_flag_values  # noqa: E402
 
 FILTERS = (32, 32, 64, 64, 128)
 POOL_AFTER = (1, 3)  # max-pool after the 2nd and the 4th conv
@@ -95,14 +95,8 @@ def parse_args(argv: Optional[List[str]] = None) -> BaselineConfig:
     add("--output_dir", default="output/baseline_cnn", help="Folder of results.json (and the "
         "decoded-image cache, OUTPUT_DIR/cache).")
     args = parser.parse_args(argv)
-    data = DataConfig(
-        train_dir=args.train_data_dir, valid_dir=args.val_data_dir, test_dir=args.test_data_dir,
-        data_dir=args.data_dir, valid_fraction=args.valid_fraction,
-        test_fraction=args.test_fraction, channel=args.channel, img_size=args.img_size,
-        batch_size=args.batch_size, eval_batch_size=args.batch_size, seed=args.seed,
-        train_on_valid=args.train_on_valid,
-        cache_dir=image_cache.default_cache_dir(args.output_dir),
-        split_list_dir=args.split_dir or os.path.join(args.output_dir, data_lib.SPLIT_LIST_SUBDIR))
+    # The arguments are named as the entry scripts' flags: one conversion for all of them.
+    data = data_config_from_flag_values(vars(args))
     return BaselineConfig(data=data, output_dir=args.output_dir,
                           budget_minutes=args.budget_minutes, epochs=args.epochs,
                           lr_max=args.lr_max, lr_min=args.lr_min, l2_reg=args.l2_reg,

@@ -136,12 +136,12 @@ else  # one at a time: nothing else on the machine while a part is timed
   benchmark bench_off "${limits[0]}" off
   benchmark bench_on "${limits[1]}" "$mixed"
 fi
-echo "device_check: 2 search epochs (presets/paper.flags) ..." >&2
-measure search "${limits[2]}" "$PY" main_controller_child_trainer.py --flagfile presets/paper.flags \
+echo "device_check: 2 search epochs (presets/variant_search.flags) ..." >&2
+measure search "${limits[2]}" "$PY" main_controller_child_trainer.py --flagfile presets/variant_search.flags \
   --num_epochs 2 "${search_flags[@]}" "${data_flags[@]}" --output_dir "$tmp/search_out" \
   --cache_dir "$tmp/cache"
-echo "device_check: 1 retrain epoch (presets/paper_final.flags) ..." >&2
-measure retrain "${limits[3]}" "$PY" main_child_trainer.py --flagfile presets/paper_final.flags \
+echo "device_check: 1 retrain epoch (presets/variant_final.flags) ..." >&2
+measure retrain "${limits[3]}" "$PY" main_child_trainer.py --flagfile presets/variant_final.flags \
   --num_epochs 1 "${retrain_flags[@]}" "${data_flags[@]}" --output_dir "$tmp/retrain_out" \
   --cache_dir "$tmp/cache"
 

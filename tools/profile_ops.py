@@ -141,12 +141,12 @@ def main(argv=None) -> None:
     config = benchmark.search_config(plan, recompute=args.recompute)
     state = search.build_state(config)
     train, valid = benchmark.synthetic_batches(plan, 0), benchmark.synthetic_batches(plan, 1)
-    state.child_steps.warm_up(*next(train))
-    arc = search.sample_arc(state.controller)
+    state.child_steps.warm_up()
+    arc = search.controller_sampler(state.controller)(1)[0]
 
     def child_step():
         images, labels = next(train)
-        float(search.child_step(state, images, labels)["loss"])
+        float(search.child_step(state, images, labels, arc)["loss"])
 
     images, labels = next(valid)
 

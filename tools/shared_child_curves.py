@@ -43,7 +43,7 @@ from src import data as data_lib  # noqa: E402
 from src import reporting  # noqa: E402
 from src.configs import ChildConfig, ControllerConfig, DataConfig, OptimConfig  # noqa: E402
 from src.controller import Controller  # noqa: E402
-from src.search import sample_arc, uniform_sampler  # noqa: E402
+from src.search import controller_sampler, uniform_sampler  # noqa: E402
 from src.shared_child import SharedChild  # noqa: E402
 from src.child_steps import SharedChildSteps  # noqa: E402
 
@@ -97,10 +97,11 @@ def split_overrides(overrides: Dict) -> Tuple[Dict, Dict, Dict]:
 def arc_policy(policy: str, seed: int) -> Callable[[], List[int]]:
     rng = random.Random(seed)
     if policy == "uniform":
-        return uniform_sampler(rng, arc_lib.NUM_CELLS)
+        uniform = uniform_sampler(rng, arc_lib.NUM_CELLS)
+        return lambda: uniform(1)[0]
     if policy == "controller":
         controller = Controller(ControllerConfig(seed=seed))
-        return lambda: sample_arc(controller)
+        return lambda: controller_sampler(controller)(1)[0]
     if policy == "fixed":
         arc = list(arc_lib.parse_arc(arc_lib.DEFAULT_ARC))
         return lambda: arc
