@@ -19,8 +19,10 @@ import cli_common
 from src import budget, fixed_train, harness, run_dir, search
 from src.arc import DEFAULT_ARC
 from src.budget import BudgetPlan, BudgetTooSmall, RunCosts
-from src.configs import (ChildConfig, ConfigError, DataConfig, FixedTrainConfig, OptimConfig,
-                         RunConfig)
+from src.configs import (ChildConfig, ConfigError, ControllerConfig, DataConfig,
+                         FixedTrainConfig, OptimConfig, RunConfig)
+from src.controller import Controller
+from src.controller_step import ReinforceTrainer
 from src.optim import NesterovSGD, cosine_lr
 from tests.conftest import ROOT
 from tests.test_end_to_end import search_config
@@ -291,3 +293,18 @@ def test_a_budgeted_search_plans_finishes_in_time_and_keeps_its_plan(
     assert log.count("Budget 5 min: measured") == 1 and f"-> {plan.num_epochs} epochs" in log
     assert "Budget: the checkpoint's plan is kept, not measured again" in log
     assert log.count("Traced the shared child") == 1
+
+
+def test_measuring_puts_back_the_controller_its_adam_baseline_and_generator():
+    """The search measures controller updates inside weights_kept(state.checkpoint())."""
+    controller = Controller(ControllerConfig())
+    reinforce = ReinforceTrainer(controller)
+    checkpoint = tf.train.Checkpoint(controller=controller, reinforce=reinforce)
+    before = [v.numpy().copy() for v in controller.variables + reinforce.variables]
+    with harness.weights_kept(checkpoint):
+        arcs, _, _ = controller.sample_batch(tf.constant(3))
+        reinforce.update(arcs.numpy(), [0.5, 0.6, 0.7])
+        assert int(reinforce.optimizer.iterations) == 1 and float(reinforce.baseline) != 0.0
+    after = [v.numpy() for v in controller.variables + reinforce.variables]
+    assert len(after) == len(before) and all((a == b).all() for a, b in zip(after, before))
+    assert int(reinforce.optimizer.iterations) == 0 and float(reinforce.baseline) == 0.0

@@ -39,7 +39,12 @@ def test_samples_are_valid_arcs_and_sample_is_traced_once(controller):
     arcs, neg_log_probs, entropies = _samples(controller, 1000)
     for arc in arcs:
         validate_arc(arc.tolist())
-    assert controller.sample.experimental_get_tracing_count() == 1
+    batch, batch_nlp, batch_entropy = controller.sample_batch(tf.constant(7))
+    assert batch.shape == (7, 40) and batch_nlp.shape == batch_entropy.shape == (7,)
+    for arc in batch.numpy():
+        validate_arc(arc.tolist())
+    # One trace for every batch size, one arc or seven.
+    assert controller.sample_batch.experimental_get_tracing_count() == 1
     assert len({tuple(a) for a in arcs}) > 990  # the generator advances
     assert np.all(neg_log_probs > 0) and np.all(entropies > 0)
 
