@@ -87,7 +87,8 @@ class RecordingCounter:
         self.calls = []
 
     def __call__(self, images, labels, arc):
-        self.calls.append((tuple(arc), images.numpy().tobytes()))
+        arc = tuple(np.asarray(arc).tolist())  # the steps receive int32 tensors
+        self.calls.append((arc, images.numpy().tobytes()))
         return tf.constant(int(np.sum(arc)) % (int(labels.shape[0]) + 1))
 
 
