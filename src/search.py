@@ -29,9 +29,8 @@ import tensorflow as tf
 
 from src import arc as arc_lib
 from src import data as data_lib
-from src import budget, checkpoints, distribute, harness, reporting, run_dir, selection
+from src import budget, checkpoints, configs, distribute, harness, reporting, run_dir, selection
 from src.child_steps import SharedChildSteps
-from src import configs
 from src.configs import ControllerConfig, SearchConfig
 from src.controller import Controller
 from src.controller_step import ReinforceTrainer, reward_from
@@ -447,7 +446,8 @@ def _score_policy_arcs(state: SearchState, halves: Halves, config: SearchConfig,
         lift = selection.measure_lift(count_correct, arcs, uniform(n), halves.selection_batches)
         print(selection.format_lift(lift, n, images))
         scores = lift["controller_arc_scores"]
-    scored = [{"epoch": epoch + 1, "arc": arc_lib.format_arc(arc), "selection_accuracy": score}
+    # One host copy per arc, not one eager op per integer of an arc tensor.
+    scored = [{"epoch": epoch + 1, "arc": arc_lib.format_arc(arc.numpy()), "selection_accuracy": score}
               for arc, score in zip(arcs, scores)]
     return scored, lift
 
